@@ -14,6 +14,9 @@ cd "$repo"
 # Debian packages the tests use, as "command:package" pairs.
 APT_NEEDS=(
   "docker:docker.io"
+  "busybox:busybox-static"
+  "debootstrap:debootstrap"
+  "psql:postgresql-client"
 )
 
 missing=()

@@ -1,0 +1,64 @@
+//! Command handlers: one module per command group. Each handler turns parsed arguments into
+//! calls on the `controlplane` library and writes its result through [`Output`]. Handlers use
+//! anyhow with `.context()` naming what was being attempted; library errors keep their own
+//! types inside the chain so `main` can find their hints.
+
+mod config;
+mod setup;
+mod vault;
+
+use std::path::PathBuf;
+
+use crate::args::{Cli, Command};
+use crate::output::Output;
+
+/// Failures that belong to the CLI itself rather than to the vault or the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// `setup` would overwrite a configuration file.
+    #[error("{path} already exists; refusing to overwrite it")]
+    ConfigExists {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// `config validate` found problems (already printed).
+    #[error("{path} is invalid ({count} problems)")]
+    ConfigInvalid {
+        /// The file.
+        path: PathBuf,
+        /// How many problems.
+        count: usize,
+    },
+}
+
+impl CommandError {
+    /// What the user can do about this error.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::ConfigExists { .. } => Some("pass --force to replace it".into()),
+            Self::ConfigInvalid { .. } => Some("see docs/configuration.md for every key".into()),
+        }
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: &Cli) -> anyhow::Result<()> {
+    let out = Output {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    match &cli.command {
+        Command::Init(args) => vault::init(out, args),
+        Command::Secret(command) => vault::secret(out, cli.config.as_deref(), command),
+        Command::Setup(args) => setup::run(out, cli.config.as_deref(), args),
+        Command::Config(command) => config::run(out, cli.config.as_deref(), command),
+        Command::Version => {
+            let version = env!("CARGO_PKG_VERSION");
+            out.data(&serde_json::json!({ "version": version }), |w| {
+                writeln!(w, "docker-dso {version}")
+            })?;
+            Ok(())
+        }
+    }
+}
