@@ -42,12 +42,12 @@ pub fn passphrase() -> Result<SecretValue, VaultError> {
     prompt("Vault passphrase: ").map_err(|_| VaultError::PassphraseRequired)
 }
 
-/// A new passphrase: `DSO_PASSPHRASE`, else asked twice on the terminal.
-pub fn new_passphrase() -> anyhow::Result<SecretValue> {
+/// A new passphrase: `DSO_PASSPHRASE`, else asked twice on the terminal when `may_prompt`.
+pub fn new_passphrase(may_prompt: bool) -> anyhow::Result<SecretValue> {
     let passphrase = match std::env::var_os(PASSPHRASE_ENV) {
         Some(value) => SecretValue::new(value.into_vec()),
         None => {
-            if !has_terminal() {
+            if !may_prompt || !has_terminal() {
                 return Err(VaultError::PassphraseRequired.into());
             }
             let first = prompt("New vault passphrase: ").context("reading the passphrase")?;

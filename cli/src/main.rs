@@ -13,7 +13,7 @@ mod keys;
 mod output;
 
 use std::ffi::OsString;
-use std::io::{self, Write as _};
+use std::io::{self, IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -112,6 +112,8 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        // Colour codes only for a person: in a file or a pipe they are noise.
+        .with_ansi(io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

@@ -293,3 +293,34 @@ fn quiet_suppresses_confirmations_but_not_data() {
     let out = sandbox.ok(&["-q", "secret", "list"]);
     assert!(stdout(&out).contains("q"));
 }
+
+/// `secret set` with stdin on /dev/null (or closed) refuses instead of storing an empty value.
+#[test]
+fn secret_set_refuses_dev_null_stdin() {
+    let sandbox = Sandbox::new();
+    sandbox.init();
+    let out = sandbox.run(&["secret", "set", "app/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("stdin is /dev/null or closed"),
+        "{}",
+        stderr(&out)
+    );
+    let list = sandbox.ok(&["secret", "list"]);
+    assert!(!stdout(&list).contains("app/x"));
+
+    // An empty value is still possible on purpose.
+    sandbox.set("app/empty", b"");
+    assert_eq!(sandbox.get("app/empty"), b"");
+}
+
+/// Logs written to a pipe or file carry no terminal colour codes.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let sandbox = Sandbox::new();
+    sandbox.init();
+    let out = sandbox.run(&["-vv", "secret", "list"]);
+    assert!(out.status.success());
+    assert!(!stderr(&out).is_empty(), "expected -vv logs");
+    assert!(!stderr(&out).contains('\u{1b}'), "{:?}", stderr(&out));
+}

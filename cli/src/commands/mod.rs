@@ -23,7 +23,7 @@ pub enum CommandError {
     },
 
     /// `config validate` found problems (already printed).
-    #[error("{path} is invalid ({count} problems)")]
+    #[error("{path} is invalid ({count} {})", if *count == 1 { "problem" } else { "problems" })]
     ConfigInvalid {
         /// The file.
         path: PathBuf,

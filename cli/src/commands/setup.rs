@@ -4,18 +4,16 @@
 //! `~/.dso/dso.yaml`), one of the places the lookup searches. An existing file is replaced
 //! only with `--force` or after a yes on the terminal; an existing vault is kept as it is.
 
-use std::fs;
 use std::io::{self, BufRead as _, IsTerminal as _, Write as _};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use controlplane::config::{self, STARTER_LOCAL};
-use controlplane::vault::{VaultError, VaultFiles};
+use controlplane::vault::{VaultFiles, store};
 use serde_json::json;
 
 use super::CommandError;
-use super::vault::create_vault;
+use super::vault::{choose_key, create_vault};
 use crate::args::{SetupArgs, SetupMode};
 use crate::output::Output;
 
@@ -29,7 +27,16 @@ pub fn run(out: Output, explicit: Option<&Path>, args: &SetupArgs) -> anyhow::Re
         explicit.map_or_else(|| files.dir.join(config::FILE_NAME), Path::to_path_buf);
     let interactive = !args.non_interactive && io::stdin().is_terminal();
 
-    // 1. The configuration: never replaced silently.
+    // 1. The key of a vault still to be made, before anything is written: a missing passphrase
+    //    must not leave a configuration behind without its vault. --non-interactive never
+    //    prompts, not even on /dev/tty.
+    let new_key = if files.vault_exists() {
+        None
+    } else {
+        Some(choose_key(args.passphrase, !args.non_interactive)?)
+    };
+
+    // 2. The configuration: never replaced silently.
     if target.exists() && !args.force {
         let confirmed =
             interactive && confirm(&format!("{} exists. Replace it? [y/N] ", target.display()))?;
@@ -40,18 +47,18 @@ pub fn run(out: Output, explicit: Option<&Path>, args: &SetupArgs) -> anyhow::Re
     write_config(&target, &files.dir)?;
     out.note(&format!("wrote configuration: {}", target.display()))?;
 
-    // 2. The vault: created when missing, kept when present (its secrets matter more).
-    let vault_created = if files.vault_exists() {
-        out.note(&format!("kept existing vault: {}", files.vault.display()))?;
-        false
-    } else {
+    // 3. The vault: created when missing, kept when present (its secrets matter more).
+    let vault_created = if let Some(new_key) = new_key {
         // With --json, setup prints one document of its own below.
         let vault_out = Output {
             json: false,
             quiet: out.quiet || out.json,
         };
-        create_vault(vault_out, files.clone(), args.passphrase, false)?;
+        create_vault(vault_out, files.clone(), new_key, false)?;
         true
+    } else {
+        out.note(&format!("kept existing vault: {}", files.vault.display()))?;
+        false
     };
 
     if out.json {
@@ -87,12 +94,7 @@ fn write_config(target: &Path, home: &Path) -> anyhow::Result<()> {
         _ => PathBuf::from("."),
     };
     if dir == home {
-        fs::create_dir_all(&dir)
-            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
-            .map_err(|source| VaultError::CreateDir {
-                path: dir.clone(),
-                source,
-            })?;
+        store::create_private_dir(&dir)?;
     }
     let mut temp = tempfile::NamedTempFile::new_in(&dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;

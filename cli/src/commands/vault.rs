@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal as _, Write as _};
+use std::os::fd::AsFd as _;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -25,23 +26,29 @@ use crate::output::Output;
 /// `init`.
 pub fn init(out: Output, args: &InitArgs) -> anyhow::Result<()> {
     let files = VaultFiles::locate()?;
-    create_vault(out, files, args.passphrase, args.force)
+    let new_key = choose_key(args.passphrase, true)?;
+    create_vault(out, files, new_key, args.force)
+}
+
+/// The key of a new vault: a passphrase (from `DSO_PASSPHRASE`, or asked on the terminal when
+/// `may_prompt`), else `DSO_MASTER_KEY`, else a random key file.
+pub fn choose_key(passphrase: bool, may_prompt: bool) -> anyhow::Result<NewKey> {
+    Ok(if passphrase {
+        NewKey::Passphrase(keys::new_passphrase(may_prompt)?)
+    } else if let Some(key) = keys::env_master_key()? {
+        NewKey::Given(key)
+    } else {
+        NewKey::Random
+    })
 }
 
 /// Creates the vault in `files` and reports it (shared with `setup`).
 pub fn create_vault(
     out: Output,
     files: VaultFiles,
-    passphrase: bool,
+    new_key: NewKey,
     force: bool,
 ) -> anyhow::Result<()> {
-    let new_key = if passphrase {
-        NewKey::Passphrase(keys::new_passphrase()?)
-    } else if let Some(key) = keys::env_master_key()? {
-        NewKey::Given(key)
-    } else {
-        NewKey::Random
-    };
     let (vault, wrote_key) = Vault::create(files, new_key, force).context("creating the vault")?;
 
     let files = vault.files();
@@ -207,11 +214,35 @@ fn read_value(path: &str, from_file: Option<&Path>) -> anyhow::Result<SecretValu
         return read_secret(reader, MAX_VALUE_LEN)
             .with_context(|| format!("reading --from-file {}", file.display()));
     }
+
+    // `< /dev/null`, and a closed stdin (`<&-`, which the Rust runtime reopens on /dev/null),
+    // would store an empty value where the user surely meant to give one. An empty value is
+    // still possible on purpose: `printf '' | …` or `--from-file /dev/null`.
+    if stdin_is_dev_null() {
+        anyhow::bail!(
+            "stdin is /dev/null or closed; pipe the value in, type it on a terminal, or use \
+             --from-file FILE"
+        );
+    }
     if io::stdin().is_terminal() {
         return keys::prompt(&format!("Value for {path}: "))
             .context("reading the value from the terminal");
     }
     read_secret(io::stdin().lock(), MAX_VALUE_LEN).context("reading the value from stdin")
+}
+
+/// True when stdin is the `/dev/null` device.
+fn stdin_is_dev_null() -> bool {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+
+    let Ok(stdin) = io::stdin().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let (Ok(stdin), Ok(null)) = (File::from(stdin).metadata(), std::fs::metadata("/dev/null"))
+    else {
+        return false;
+    };
+    stdin.file_type().is_char_device() && stdin.rdev() == null.rdev()
 }
 
 /// Versions to keep: `history` of the local provider in the configuration, if there is one.

@@ -14,18 +14,27 @@ pub mod raw;
 
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::home;
+use crate::secret::SecretValue;
 pub use locate::KeyPath;
 pub use model::{Agent, Config, Defaults, ProviderSettings, Secret};
 pub use raw::{Inject, Mode, ProviderKind, Strategy};
 
 /// File name looked for in the working directory and the dso home.
 pub const FILE_NAME: &str = "dso.yaml";
+
+/// Largest configuration file read (1 MiB). Real files are a few KiB; the bound keeps
+/// `--config /dev/zero` or a runaway generated file from eating all memory.
+pub const MAX_FILE_LEN: u64 = 1024 * 1024;
+
+/// Deepest nesting of flow collections (`[` and `{`) accepted. The YAML parser's time grows
+/// with the square of this depth (100 000 levels take minutes), while a real file needs a few.
+pub const MAX_FLOW_DEPTH: usize = 64;
 
 /// The system-wide configuration used in agent mode.
 pub const SYSTEM_PATH: &str = "/etc/dso/dso.yaml";
@@ -82,6 +91,13 @@ pub enum ConfigError {
         source: io::Error,
     },
 
+    /// The file is bigger than [`MAX_FILE_LEN`].
+    #[error("configuration file {path} is larger than the limit of {MAX_FILE_LEN} bytes")]
+    TooLarge {
+        /// File.
+        path: PathBuf,
+    },
+
     /// The file has problems; the first one is shown, all are in `problems`.
     #[error("{}", describe_invalid(path, problems))]
     Invalid {
@@ -104,6 +120,7 @@ impl ConfigError {
                 Some("`docker dso config validate` lists every problem".into())
             }
             Self::Invalid { .. } => Some("see docs/configuration.md for every key".into()),
+            Self::TooLarge { .. } => Some("a dso.yaml is a few KiB; check the path".into()),
             Self::Read { .. } => None,
         }
     }
@@ -120,7 +137,9 @@ fn describe_invalid(path: &Path, problems: &[Problem]) -> String {
     };
     let mut text = format!("{}:{first}", path.display());
     if problems.len() > 1 {
-        text.push_str(&format!(" (and {} more problems)", problems.len() - 1));
+        let more = problems.len() - 1;
+        let noun = if more == 1 { "problem" } else { "problems" };
+        text.push_str(&format!(" (and {more} more {noun})"));
     }
     text
 }
@@ -159,11 +178,66 @@ pub fn find_required(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
 
 /// Reads and resolves `path`, expanding `${VAR}` from the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let source = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
+    };
+
+    // Bounded read: `take` also stops an endless source such as a device or a FIFO writer.
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes))
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_FILE_LEN {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    let source = String::from_utf8(bytes).map_err(|err| {
+        let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+        let (line, column) = position_after(valid);
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems: vec![Problem {
+                key: String::new(),
+                line: Some(line),
+                column: Some(column),
+                message: "the file is not valid UTF-8; save it as UTF-8".into(),
+            }],
+        }
     })?;
     parse(&source, path, &|name| std::env::var(name).ok())
+}
+
+/// 1-based line and column of the character that follows `text`.
+fn position_after(text: &[u8]) -> (usize, usize) {
+    let line = text.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&text[line_start..]).chars().count() + 1;
+    (line, column)
+}
+
+/// Where flow collections (`[`, `{`) first nest deeper than [`MAX_FLOW_DEPTH`], as 1-based line
+/// and column. Quotes and comments are not tracked, so brackets inside a quoted value count
+/// too; a real file stays far below the limit either way.
+fn too_deep(source: &str) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    let (mut line, mut column) = (1, 0);
+    for c in source.chars() {
+        column += 1;
+        match c {
+            '\n' => (line, column) = (line + 1, 0),
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some((line, column));
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Parses `source` (the text of `path`), looking variables up with `lookup`.
@@ -187,11 +261,21 @@ pub fn parse(
         }]));
     }
 
-    // 2. Structure: syntax, unknown keys, wrong types, unknown keywords.
+    // 2. The parser is slow on deep flow nesting; refuse it before parsing.
+    if let Some((line, column)) = too_deep(source) {
+        return Err(invalid(vec![Problem {
+            key: String::new(),
+            line: Some(line),
+            column: Some(column),
+            message: format!("`[` and `{{` nest deeper than {MAX_FLOW_DEPTH} levels"),
+        }]));
+    }
+
+    // 3. Structure: syntax, unknown keys, wrong types, unknown keywords.
     let raw: raw::RawConfig =
         yaml_serde::from_str(source).map_err(|err| invalid(vec![parse_problem(&err)]))?;
 
-    // 3. Values and references, each problem located in the source.
+    // 4. Values and references, each problem located in the source.
     model::resolve(raw, lookup).map_err(|findings| {
         invalid(
             findings
@@ -234,12 +318,16 @@ fn parse_problem(err: &yaml_serde::Error) -> Problem {
 /// Placeholder shown instead of a credential.
 pub const REDACTED: &str = "<redacted>";
 
+/// Shortest credential that [`Config::redacted_view`] also hunts for inside other values.
+/// Shorter ones would match ordinary text (a one-letter token would blank every word).
+pub const MIN_SCRUBBED_LEN: usize = 6;
+
 impl Config {
     /// The effective configuration as a JSON value, credentials replaced by `<redacted>`.
     pub fn redacted_view(&self) -> serde_json::Value {
         use serde_json::json;
 
-        let credential = |c: &Option<crate::secret::SecretValue>| c.as_ref().map(|_| REDACTED);
+        let credential = |c: &Option<SecretValue>| c.as_ref().map(|_| REDACTED);
         let duration = |d: &std::time::Duration| humantime::format_duration(*d).to_string();
         let providers: serde_json::Map<String, serde_json::Value> = self
             .providers
@@ -295,7 +383,7 @@ impl Config {
                 })
             })
             .collect();
-        json!({
+        let mut view = json!({
             "version": self.version,
             "mode": self.mode,
             "providers": providers,
@@ -316,7 +404,27 @@ impl Config {
                 "drain_timeout": duration(&self.defaults.drain_timeout),
             },
             "secrets": secrets,
-        })
+        });
+
+        // A credential from `${VAR}` may also have been written into a key that is not a
+        // credential (`namespace: ns-${TOKEN}`, a label value); it is hidden there too.
+        let credentials: Vec<&[u8]> = self
+            .credentials()
+            .map(SecretValue::expose)
+            .filter(|value| value.len() >= MIN_SCRUBBED_LEN)
+            .collect();
+        scrub(&mut view, &credentials);
+        view
+    }
+
+    /// Every credential value of the configuration.
+    fn credentials(&self) -> impl Iterator<Item = &SecretValue> {
+        let providers = self.providers.values().flat_map(|p| match p {
+            ProviderSettings::Vault { token, .. } => token.as_ref(),
+            ProviderSettings::Azure { client_secret, .. } => client_secret.as_ref(),
+            ProviderSettings::Local { .. } | ProviderSettings::Aws { .. } => None,
+        });
+        providers.chain(self.agent.webhook_token.as_ref())
     }
 
     /// Versions to keep per secret in the local vault (`history` of the `local` provider).
@@ -325,6 +433,40 @@ impl Config {
             ProviderSettings::Local { history } => Some(*history),
             _ => None,
         })
+    }
+}
+
+/// Replaces every occurrence of a credential in the strings (keys and values) of `value`.
+fn scrub(value: &mut serde_json::Value, credentials: &[&[u8]]) {
+    use serde_json::Value;
+
+    if credentials.is_empty() {
+        return;
+    }
+    match value {
+        Value::String(text) => scrub_text(text, credentials),
+        Value::Array(items) => items.iter_mut().for_each(|item| scrub(item, credentials)),
+        Value::Object(map) => {
+            let entries = std::mem::take(map);
+            for (mut key, mut item) in entries {
+                scrub_text(&mut key, credentials);
+                scrub(&mut item, credentials);
+                map.insert(key, item);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+fn scrub_text(text: &mut String, credentials: &[&[u8]]) {
+    for credential in credentials {
+        // Credentials come from YAML strings, so they are UTF-8; anything else cannot match.
+        let Ok(credential) = std::str::from_utf8(credential) else {
+            continue;
+        };
+        if text.contains(credential) {
+            *text = text.replace(credential, REDACTED);
+        }
     }
 }
 

@@ -489,3 +489,88 @@ fn error_display_has_file_line_and_column() {
         "{text}"
     );
 }
+
+#[test]
+fn deep_flow_nesting_is_refused_with_its_position() {
+    // 100 000 levels took the YAML parser minutes; the pre-check answers at once.
+    let deep = format!(
+        "version: 1\nagent: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let found = problems(&deep);
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].line, found[0].column),
+        (Some(2), Some(8 + MAX_FLOW_DEPTH))
+    );
+    assert!(
+        found[0].message.contains("nest deeper than 64"),
+        "{}",
+        found[0].message
+    );
+
+    // Ordinary flow collections pass.
+    parse_ok("version: 1\nsecrets: [{name: a, targets: {services: [web, api]}}]\n");
+}
+
+#[test]
+fn config_show_hides_credentials_copied_into_other_keys() {
+    let source = "\
+version: 1
+providers:
+  hv:
+    type: vault
+    address: https://vault.example
+    token: ${VAULT_TOKEN}
+    namespace: ns-${VAULT_TOKEN}
+secrets:
+  - name: app/db
+    provider: hv
+    mappings:
+      DB: \"${VAULT_TOKEN}\"
+    targets:
+      labels:
+        ${VAULT_TOKEN}: x
+";
+    let view = parse_ok(source).redacted_view().to_string();
+    assert!(!view.contains("sentinel-token-4b1d"), "{view}");
+    assert!(view.contains("ns-<redacted>"), "{view}");
+}
+
+#[test]
+fn non_utf8_file_names_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dso.yaml");
+    std::fs::write(&path, b"version: 1\nmode: lo\xffcal\n").unwrap();
+    match load(&path) {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            assert_eq!((problems[0].line, problems[0].column), (Some(2), Some(9)));
+            assert!(
+                problems[0].message.contains("UTF-8"),
+                "{}",
+                problems[0].message
+            );
+        }
+        other => panic!("expected an invalid-file error, got {other:?}"),
+    }
+}
+
+#[test]
+fn endless_or_oversized_file_is_refused_without_reading_it_all() {
+    let err = load(Path::new("/dev/zero")).unwrap_err();
+    assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn one_problem_is_counted_in_the_singular() {
+    let err = parse("version: 2\n", Path::new("dso.yaml"), &env).unwrap_err();
+    assert!(!err.to_string().contains("more problem"), "{err}");
+    let err = parse(
+        "version: 2\nmode: local\nagent: {watch_interval: x}\n",
+        Path::new("d"),
+        &env,
+    )
+    .unwrap_err();
+    assert!(err.to_string().ends_with("(and 1 more problem)"), "{err}");
+}

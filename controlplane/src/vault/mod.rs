@@ -89,6 +89,29 @@ pub enum VaultError {
         source: io::Error,
     },
 
+    /// The dso home exists but is not a directory (a file, or a symlink to nothing).
+    #[error("{path} is not a directory")]
+    HomeNotDirectory {
+        /// The dso home.
+        path: PathBuf,
+    },
+
+    /// The dso home is not ours and other users may enter it.
+    #[error("{path} is accessible by other users (mode {mode:o}); refusing to keep keys there")]
+    HomeNotPrivate {
+        /// The dso home.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// The vault or key path is a directory, FIFO, socket or device instead of a file.
+    #[error("{path} is not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+
     /// Reading the vault file failed.
     #[error("could not read {path}")]
     ReadVault {
@@ -104,7 +127,8 @@ pub enum VaultError {
     Write {
         /// File being replaced.
         path: PathBuf,
-        /// The step: "create a temporary file", "write", "fsync", "rename", "fsync the directory".
+        /// The step: "create a temporary file", "write the temporary file", "fsync the
+        /// temporary file", "rename the temporary file", "fsync the directory".
         step: &'static str,
         /// Cause.
         #[source]
@@ -293,6 +317,14 @@ impl VaultError {
         let hint = match self {
             Self::HomeUnknown => format!("set {HOME_ENV} to the directory that holds the vault"),
             Self::NotInitialized { .. } => "run `docker dso init` to create the vault".into(),
+            Self::HomeNotDirectory { .. } => {
+                format!("move it away, or set {HOME_ENV} to a directory of your own")
+            }
+            Self::HomeNotPrivate { path, .. } => format!(
+                "run `chmod 700 {}`, or set {HOME_ENV} to a private directory",
+                path.display()
+            ),
+            Self::NotAFile { .. } => "move it away; dso reads and writes only regular files".into(),
             Self::AlreadyExists { .. } => {
                 "pass --force to replace it (the old secrets are lost)".into()
             }

@@ -6,9 +6,11 @@
 //! two processes that each add a secret both see their secret in the end. A file that fails
 //! any check is reported and never rewritten.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{
+    DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, info, warn};
@@ -24,6 +26,15 @@ use crate::secret::SecretValue;
 /// Largest vault file we read (1 GiB). Beyond it the file is certainly not ours, and reading
 /// it whole would only exhaust memory.
 const MAX_VAULT_FILE_LEN: u64 = 1 << 30;
+
+/// Largest master key file we read (4 KiB): the key is 65 bytes; anything far bigger is not a
+/// key file, and reading it whole (say a symlink to `/dev/zero`) would never end.
+const MAX_KEY_FILE_LEN: u64 = 4096;
+
+/// Prefix of the temporary files of [`write_atomically`]. Only writers holding the lock create
+/// them, so a holder of the lock may delete any it finds: they are left over from a killed
+/// process.
+const TEMP_PREFIX: &str = ".dso-write-";
 
 /// Mode of the dso home directory.
 const DIR_MODE: u32 = 0o700;
@@ -104,6 +115,7 @@ impl Vault {
         // 1. The directory, private to the user.
         create_private_dir(&files.dir)?;
         let _lock = lock(&files)?;
+        remove_stale_temp_files(&files.dir);
 
         // 2. Never destroy a vault or a key by accident: either may be the only copy.
         if !force {
@@ -244,6 +256,7 @@ impl Vault {
         change: impl FnOnce(&mut Contents) -> Result<T, VaultError>,
     ) -> Result<T, VaultError> {
         let _lock = lock(&self.files)?;
+        remove_stale_temp_files(&self.files.dir);
         let mut contents = self.read()?;
         let result = change(&mut contents)?;
         self.write(&contents)?;
@@ -316,32 +329,41 @@ fn decode_header(path: &Path, bytes: &[u8]) -> Result<Header, VaultError> {
 
 fn read_vault_file(files: &VaultFiles) -> Result<Vec<u8>, VaultError> {
     let path = &files.vault;
-    let read_error = |source| VaultError::ReadVault {
-        path: path.clone(),
-        source,
-    };
-    let metadata = match fs::metadata(path) {
-        Ok(metadata) => metadata,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            return Err(VaultError::NotInitialized { path: path.clone() });
-        }
-        Err(err) => return Err(read_error(err)),
-    };
-    if metadata.len() > MAX_VAULT_FILE_LEN {
-        return Err(VaultError::ForeignFile { path: path.clone() });
+    match read_regular_file(path, MAX_VAULT_FILE_LEN) {
+        Ok(bytes) => Ok(bytes),
+        Err(ReadFailure::Missing) => Err(VaultError::NotInitialized { path: path.clone() }),
+        Err(ReadFailure::NotRegular) => Err(VaultError::NotAFile { path: path.clone() }),
+        Err(ReadFailure::TooLarge) => Err(VaultError::ForeignFile { path: path.clone() }),
+        Err(ReadFailure::Io(source)) => Err(VaultError::ReadVault {
+            path: path.clone(),
+            source,
+        }),
     }
-    fs::read(path).map_err(read_error)
 }
 
 fn read_key_file(path: &Path) -> Result<MasterKey, VaultError> {
-    let text = match fs::read(path) {
+    let text = match read_regular_file(path, MAX_KEY_FILE_LEN) {
         Ok(text) => Zeroizing::new(text),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+        Err(ReadFailure::Missing) => {
             return Err(VaultError::KeyMissing {
                 path: path.to_path_buf(),
             });
         }
-        Err(source) => {
+        Err(ReadFailure::NotRegular) => {
+            return Err(VaultError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        // Too long to be a key: report it as malformed, by its length only.
+        Err(ReadFailure::TooLarge) => {
+            return Err(VaultError::KeyText {
+                origin: KeyOrigin::KeyFile(path.to_path_buf()),
+                source: key::KeyTextError::Length {
+                    found: usize::try_from(MAX_KEY_FILE_LEN + 1).unwrap_or(usize::MAX),
+                },
+            });
+        }
+        Err(ReadFailure::Io(source)) => {
             return Err(VaultError::ReadKey {
                 path: path.to_path_buf(),
                 source,
@@ -364,13 +386,124 @@ fn read_key_file(path: &Path) -> Result<MasterKey, VaultError> {
     })
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), VaultError> {
+/// Why [`read_regular_file`] returned no bytes.
+enum ReadFailure {
+    Missing,
+    NotRegular,
+    TooLarge,
+    Io(io::Error),
+}
+
+/// Reads a regular file (a symlink to one is followed) of at most `limit` bytes. A FIFO, a
+/// device or a directory is refused before it is opened: reading one could block forever
+/// or never end.
+fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadFailure> {
+    let metadata = match fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(ReadFailure::Missing),
+        Err(err) => return Err(ReadFailure::Io(err)),
+    };
+    if !metadata.is_file() {
+        return Err(ReadFailure::NotRegular);
+    }
+    if metadata.len() > limit {
+        return Err(ReadFailure::TooLarge);
+    }
+
+    // The file may grow between the check and the read; `take` keeps the bound anyway.
+    let file = File::open(path).map_err(ReadFailure::Io)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadFailure::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadFailure::TooLarge);
+    }
+    Ok(bytes)
+}
+
+/// Makes sure `dir` exists and only its owner can enter it.
+///
+/// A missing directory is created with mode 0700 from the start (no window in which the umask
+/// decides). An existing real directory of ours is tightened to 0700. Anything else (a
+/// symlink, a directory of another user) is never chmod-ed, because that would change a
+/// directory we do not own, e.g. `/tmp` behind a symlinked `~/.dso`; it is accepted only
+/// when it is already closed to other users.
+pub fn create_private_dir(dir: &Path) -> Result<(), VaultError> {
     let error = |source| VaultError::CreateDir {
         path: dir.to_path_buf(),
         source,
     };
-    fs::create_dir_all(dir).map_err(error)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(error)
+    match fs::symlink_metadata(dir) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(dir)
+                .map_err(error);
+        }
+        Err(err) => return Err(error(err)),
+        Ok(link) if link.is_dir() && link.uid() == effective_uid() => {
+            return fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(error);
+        }
+        Ok(_) => {}
+    }
+
+    // A symlink or a directory owned by someone else: check the real directory behind it.
+    let target = match fs::metadata(dir) {
+        Ok(target) => target,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Err(VaultError::HomeNotDirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        Err(err) => return Err(error(err)),
+    };
+    if !target.is_dir() {
+        return Err(VaultError::HomeNotDirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let mode = target.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(VaultError::HomeNotPrivate {
+            path: dir.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Deletes temporary files that a killed writer left behind. Called with the lock held, when
+/// no other writer can be between creating and renaming its temporary file. Failing to delete
+/// one only costs disk space, so it is logged, not returned.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_temp = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(TEMP_PREFIX));
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_temp && is_file {
+            let path = entry.path();
+            match fs::remove_file(&path) {
+                Ok(()) => debug!(path = %path.display(), "stale temporary file removed"),
+                Err(err) => warn!(
+                    path = %path.display(),
+                    error = %err,
+                    "could not remove a stale temporary file"
+                ),
+            }
+        }
+    }
 }
 
 fn lock(files: &VaultFiles) -> Result<WriteLock, VaultError> {
@@ -411,14 +544,17 @@ fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), Vault
         }
     };
     let mut temp = tempfile::Builder::new()
-        .prefix(".dso-write-")
+        .prefix(TEMP_PREFIX)
         .permissions(fs::Permissions::from_mode(FILE_MODE))
         .tempfile_in(dir)
         .map_err(error("create a temporary file"))?;
-    temp.write_all(bytes).map_err(error("write"))?;
-    temp.as_file().sync_all().map_err(error("fsync"))?;
+    temp.write_all(bytes)
+        .map_err(error("write the temporary file"))?;
+    temp.as_file()
+        .sync_all()
+        .map_err(error("fsync the temporary file"))?;
     temp.persist(target)
-        .map_err(|err| error("rename")(err.error))?;
+        .map_err(|err| error("rename the temporary file")(err.error))?;
 
     // The rename is durable only once the directory entry is.
     File::open(dir)
@@ -524,5 +660,80 @@ mod tests {
             Vault::open(files, None, &mut no_passphrase),
             Err(VaultError::KeyMissing { .. })
         ));
+    }
+
+    #[test]
+    fn create_never_changes_a_shared_directory_behind_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let home = dir.path().join("home");
+        std::os::unix::fs::symlink(&shared, &home).unwrap();
+
+        let err = Vault::create(VaultFiles::in_dir(&home), NewKey::Random, false).unwrap_err();
+        assert!(
+            matches!(err, VaultError::HomeNotPrivate { mode: 0o1777, .. }),
+            "{err}"
+        );
+        let mode = fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1777, "the shared directory was chmod-ed");
+        assert!(!shared.join("master.key").exists());
+
+        // A private directory behind a symlink is fine.
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o700)).unwrap();
+        Vault::create(VaultFiles::in_dir(&home), NewKey::Random, false).unwrap();
+    }
+
+    #[test]
+    fn create_refuses_a_home_that_is_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        fs::write(&home, b"x").unwrap();
+        let err = Vault::create(VaultFiles::in_dir(&home), NewKey::Random, false).unwrap_err();
+        assert!(matches!(err, VaultError::HomeNotDirectory { .. }), "{err}");
+        assert!(err.to_string().contains("is not a directory"), "{err}");
+    }
+
+    #[test]
+    fn open_refuses_devices_instead_of_reading_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = VaultFiles::in_dir(dir.path());
+        Vault::create(files.clone(), NewKey::Random, false).unwrap();
+
+        fs::remove_file(&files.key).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &files.key).unwrap();
+        let err = Vault::open(files.clone(), None, &mut no_passphrase).unwrap_err();
+        assert!(matches!(err, VaultError::NotAFile { .. }), "{err}");
+
+        fs::remove_file(&files.vault).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &files.vault).unwrap();
+        let err = Vault::open(files, None, &mut no_passphrase).unwrap_err();
+        assert!(matches!(err, VaultError::NotAFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn oversized_key_file_is_malformed_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = VaultFiles::in_dir(dir.path());
+        Vault::create(files.clone(), NewKey::Random, false).unwrap();
+        fs::write(&files.key, vec![b'a'; 1 << 20]).unwrap();
+        let err = Vault::open(files, None, &mut no_passphrase).unwrap_err();
+        assert!(matches!(err, VaultError::KeyText { .. }), "{err}");
+    }
+
+    #[test]
+    fn stale_temp_files_of_killed_writers_are_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = VaultFiles::in_dir(dir.path());
+        let (vault, _) = Vault::create(files.clone(), NewKey::Random, false).unwrap();
+        let stale = files.dir.join(format!("{TEMP_PREFIX}killed"));
+        fs::write(&stale, b"half a vault").unwrap();
+        let unrelated = files.dir.join("notes.txt");
+        fs::write(&unrelated, b"mine").unwrap();
+
+        vault.update(|_| Ok(())).unwrap();
+        assert!(!stale.exists());
+        assert!(unrelated.exists());
     }
 }
