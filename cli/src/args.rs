@@ -4,6 +4,7 @@
 //! `global = true`, so `docker dso secret list --json` and `docker dso --json secret list` mean
 //! the same.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
@@ -15,7 +16,11 @@ Exit codes: 0 success, 1 failure, 2 usage error.
 Environment:
   DSO_HOME        dso home directory (default ~/.dso): vault.enc, master.key, dso.yaml
   DSO_MASTER_KEY  master key as 64 hex characters; used instead of master.key
-  DSO_PASSPHRASE  passphrase of a passphrase-protected vault (instead of the prompt)";
+  DSO_PASSPHRASE  passphrase of a passphrase-protected vault (instead of the prompt)
+  DSO_COMPOSE     compose program for up/down/plan/compose: v1, v2 or auto (default)
+  DSO_RUNTIME_DIR runtime directory on a tmpfs (default /run/dso as root, else
+                  $XDG_RUNTIME_DIR/dso): secret files, proxy socket
+  DSO_PROXY_BIN   dso-proxy binary that `up` starts (default: next to docker-dso, or PATH)";
 
 /// `docker dso`: secrets from secret stores into Docker Compose containers.
 #[derive(Debug, Parser)]
@@ -47,6 +52,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Stores the unparsed arguments of a compose command (see [`split_raw`]).
+    pub fn set_raw_args(&mut self, raw: Vec<OsString>) {
+        if let Command::Up(a) | Command::Down(a) | Command::Plan(a) | Command::Compose(a) =
+            &mut self.command
+        {
+            a.args = raw;
+        }
+    }
+}
+
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -64,8 +80,52 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
 
+    /// Resolve dso:// and dsofile:// references, then run `compose up` (see docs/cli.md)
+    Up(RawArgs),
+
+    /// Run `compose down`, then remove the project's routes and secret files
+    Down(RawArgs),
+
+    /// Show what `up` would do: every reference, resolved or not, never a value
+    Plan(RawArgs),
+
+    /// Any compose command on the resolved project: `docker dso compose [OPTIONS] COMMAND ..`
+    Compose(RawArgs),
+
     /// Print the version
     Version,
+}
+
+/// Commands whose arguments go to compose unparsed (see [`split_raw`]).
+pub const RAW_COMMANDS: &[&str] = &["up", "down", "plan", "compose"];
+
+/// Arguments of a compose command, kept as given; `commands::compose` splits them.
+#[derive(Debug, Default, Args)]
+pub struct RawArgs {
+    /// Compose options and arguments
+    #[arg(skip)]
+    pub args: Vec<OsString>,
+}
+
+/// Splits `argv` at a compose command (`up`, `down`, `plan`, `compose`): clap parses the part
+/// up to and including the command word, and everything after it is returned unparsed, so
+/// compose flags such as `down -v` never meet our own `-v`.
+pub fn split_raw(argv: &[OsString]) -> (Vec<OsString>, Vec<OsString>) {
+    let mut index = 1;
+    while let Some(arg) = argv.get(index) {
+        let Some(text) = arg.to_str() else { break };
+        if RAW_COMMANDS.contains(&text) {
+            return (argv[..=index].to_vec(), argv[index + 1..].to_vec());
+        }
+        if text == "--config" {
+            index += 2;
+        } else if text.starts_with('-') {
+            index += 1;
+        } else {
+            break;
+        }
+    }
+    (argv.to_vec(), Vec::new())
 }
 
 /// `init`.
@@ -244,6 +304,23 @@ mod tests {
             parse(&["config", "show"]).unwrap().command,
             Command::Config(ConfigCommand::Show)
         ));
+    }
+
+    #[test]
+    fn compose_commands_keep_their_arguments_raw() {
+        let argv = |items: &[&str]| items.iter().map(OsString::from).collect::<Vec<_>>();
+        let (head, rest) = split_raw(&argv(&["docker-dso", "--config", "c", "-v", "down", "-v"]));
+        assert_eq!(head, argv(&["docker-dso", "--config", "c", "-v", "down"]));
+        assert_eq!(rest, argv(&["-v"]));
+        let cli = Cli::try_parse_from(head).unwrap();
+        assert_eq!(cli.verbose, 1);
+        assert!(matches!(cli.command, Command::Down(_)));
+
+        let (head, rest) = split_raw(&argv(&["docker-dso", "secret", "get", "up"]));
+        assert_eq!(head.len(), 4);
+        assert!(rest.is_empty());
+        let (_, rest) = split_raw(&argv(&["docker-dso", "up", "-d", "--json"]));
+        assert_eq!(rest, argv(&["-d", "--json"]));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod args;
 mod commands;
+mod compose;
 mod keys;
 mod output;
 
@@ -41,8 +42,12 @@ fn main() -> ExitCode {
     }
 
     // 2. Usage errors exit 2 (clap's code); --help and --version exit 0.
-    let cli = match Cli::try_parse_from(argv) {
-        Ok(cli) => cli,
+    let (head, raw) = args::split_raw(&argv);
+    let cli = match Cli::try_parse_from(head) {
+        Ok(mut cli) => {
+            cli.set_raw_args(raw);
+            cli
+        }
         Err(err) => {
             let _ = err.print();
             return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
@@ -133,6 +138,8 @@ fn report(err: &anyhow::Error) {
             vault.hint()
         } else if let Some(config) = cause.downcast_ref::<ConfigError>() {
             config.hint()
+        } else if let Some(compose) = cause.downcast_ref::<compose::ComposeError>() {
+            compose.hint()
         } else {
             cause
                 .downcast_ref::<commands::CommandError>()

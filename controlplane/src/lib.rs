@@ -6,5 +6,6 @@
 
 pub mod config;
 pub mod home;
+pub mod reference;
 pub mod secret;
 pub mod vault;

@@ -10,5 +10,6 @@
 )]
 
 pub mod docker;
+pub mod dso;
 pub mod http;
 pub mod images;

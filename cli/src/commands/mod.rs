@@ -3,9 +3,10 @@
 //! anyhow with `.context()` naming what was being attempted; library errors keep their own
 //! types inside the chain so `main` can find their hints.
 
+mod compose;
 mod config;
 mod setup;
-mod vault;
+pub mod vault;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Secret(command) => vault::secret(out, cli.config.as_deref(), command),
         Command::Setup(args) => setup::run(out, cli.config.as_deref(), args),
         Command::Config(command) => config::run(out, cli.config.as_deref(), command),
+        Command::Up(raw) => compose::up(out, cli.config.as_deref(), &raw.args),
+        Command::Down(raw) => compose::down(out, &raw.args),
+        Command::Plan(raw) => compose::plan(out, cli.config.as_deref(), &raw.args),
+        Command::Compose(raw) => compose::compose(out, cli.config.as_deref(), &raw.args),
         Command::Version => {
             let version = env!("CARGO_PKG_VERSION");
             out.data(&serde_json::json!({ "version": version }), |w| {

@@ -76,7 +76,7 @@ pub fn create_vault(
 }
 
 /// Opens the vault of the current dso home with the key from the environment or its files.
-fn open_vault() -> anyhow::Result<(Vault, Contents)> {
+pub fn open_vault() -> anyhow::Result<(Vault, Contents)> {
     let files = VaultFiles::locate()?;
     let env_key = keys::env_master_key()?;
     let opened = Vault::open(files, env_key, &mut keys::passphrase).context("opening the vault")?;

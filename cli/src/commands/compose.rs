@@ -1,0 +1,477 @@
+//! `docker dso up`, `down`, `plan` and `compose …`: the handlers around [`crate::compose`].
+//!
+//! Problems found while planning are printed one per line on stderr
+//! (`docker-dso: problem: service S, VAR = REFERENCE: reason (hint: …)`), all of them, and
+//! the command fails before compose runs. Compose's own output goes straight to the terminal.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::Context as _;
+use controlplane::config;
+use controlplane::reference::Injection;
+use dataplane::api::RouteRequest;
+use zeroize::Zeroizing;
+
+use super::vault::open_vault;
+use crate::compose::ComposeError;
+use crate::compose::files::{self, Owner};
+use crate::compose::invocation::Invocation;
+use crate::compose::plan::{self, Plan, Resolver};
+use crate::compose::project::Project;
+use crate::compose::proxy::{self, Proxy, ProxyFiles};
+use crate::compose::render::render;
+use crate::compose::tool::Tool;
+use crate::output::Output;
+
+/// Compose subcommands that create containers and therefore get the resolved project.
+const RESOLVING: &[&str] = &["up", "create", "run"];
+
+/// `up`.
+pub fn up(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::Result<()> {
+    let invocation = Invocation::parse(raw, false)?;
+    let dry_run = invocation.dry_run;
+    run_resolved(out, config, invocation, "up", dry_run)
+}
+
+/// `plan` (the same as `up --dry-run`).
+pub fn plan(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::Result<()> {
+    let invocation = Invocation::parse(raw, false)?;
+    run_resolved(out, config, invocation, "up", true)
+}
+
+/// `down`.
+pub fn down(out: Output, raw: &[OsString]) -> anyhow::Result<()> {
+    let invocation = Invocation::parse(raw, false)?;
+    run_down(out, invocation)
+}
+
+/// `compose [OPTIONS] COMMAND [ARGS]`.
+pub fn compose(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::Result<()> {
+    let mut invocation = Invocation::parse(raw, true)?;
+    let position = invocation
+        .rest
+        .iter()
+        .position(|a| !a.to_str().is_some_and(|t| t.starts_with('-')));
+    let subcommand = position
+        .and_then(|i| invocation.rest[i].to_str())
+        .unwrap_or("")
+        .to_owned();
+    if let Some(i) = position
+        && (subcommand == "up" || subcommand == "down" || RESOLVING.contains(&subcommand.as_str()))
+    {
+        invocation.rest.remove(i);
+    }
+    match subcommand.as_str() {
+        "down" => run_down(out, invocation),
+        sub if RESOLVING.contains(&sub) => run_resolved(out, config, invocation, sub, false),
+        _ => {
+            // Nothing is created: compose gets the project as normalised, references unresolved.
+            let tool = Tool::select(invocation.tool)?;
+            let project = Project::load(tool, &invocation.project)?;
+            run_compose(&project, &invocation.rest, &subcommand)
+        }
+    }
+}
+
+/// Plans, then (unless `dry_run`) writes files, runs compose `subcommand` on the resolved
+/// project and, for `up`, sets the proxy routes.
+fn run_resolved(
+    out: Output,
+    config_path: Option<&Path>,
+    invocation: Invocation,
+    subcommand: &str,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let out = Output {
+        json: out.json || invocation.json,
+        ..out
+    };
+    let tool = Tool::select(invocation.tool)?;
+    let mut project = Project::load(tool, &invocation.project)?;
+    let config = match config::find(config_path)? {
+        Some(path) => Some(config::load(&path).context("loading the configuration")?),
+        None => None,
+    };
+    let mut resolver = Resolver::new(config.as_ref(), || open_vault().map(|(_, c)| c));
+    let plan = plan::build(&project, &mut resolver, files::is_root());
+
+    // 1. Planning only: print, and fail when there are problems.
+    if dry_run {
+        print_plan(out, &plan, &project)?;
+        if !plan.problems.is_empty() {
+            return Err(ComposeError::Problems {
+                count: plan.problems.len(),
+            }
+            .into());
+        }
+        return Ok(());
+    }
+    if !plan.problems.is_empty() {
+        print_problems(&plan);
+        return Err(ComposeError::Problems {
+            count: plan.problems.len(),
+        }
+        .into());
+    }
+
+    // 2. Checks that need the host, still before anything changes.
+    let with_routes = subcommand == "up";
+    let needs_proxy = with_routes && plan.services.iter().any(|s| !s.proxied.is_empty());
+    let needs_files = plan.services.iter().any(|s| s.has_files());
+    let detached = invocation
+        .rest
+        .iter()
+        .any(|a| a == "-d" || a == "--detach" || a == "--wait");
+    // LIMITATION: proxied ports need a detached `up`: the routes are set after compose returns
+    // — watching for the containers while an attached compose runs would lift it.
+    if needs_proxy && !detached {
+        return Err(ComposeError::NeedsDetach.into());
+    }
+    let runtime = if needs_files || needs_proxy {
+        let dir = files::runtime_dir()?;
+        files::ensure_dir(&dir)?;
+        if needs_files {
+            files::check_tmpfs(&dir)?;
+        }
+        Some(dir)
+    } else {
+        None
+    };
+    if needs_proxy && let Some(runtime) = &runtime {
+        check_listen_addresses(&plan, runtime)?;
+    }
+
+    // 3. Secret files, one new generation per service whose files changed.
+    // LIMITATION: a generation belongs to a service, so replicas (`scale`) share one directory
+    // — per-container directories need the agent to create containers itself (issue 5).
+    let mut generations = BTreeMap::new();
+    let mut created = Vec::new();
+    if let Some(runtime) = runtime.as_deref().filter(|_| needs_files) {
+        for service in plan.services.iter().filter(|s| s.has_files()) {
+            let files_of_service: Vec<_> = service
+                .references
+                .iter()
+                .filter(|r| r.injection == Injection::File)
+                .filter_map(|r| {
+                    let key = (service.name.clone(), r.variable.clone());
+                    plan.values
+                        .get(&key)
+                        .map(|v| (r.variable.clone(), v.clone()))
+                })
+                .collect();
+            let dir = files::project_dir(runtime, &project.name).join(&service.name);
+            let owner = Owner { ids: service.owner };
+            let (generation, new) = files::write_generation(&dir, &files_of_service, owner)?;
+            if new {
+                created.push(generation.clone());
+            }
+            generations.insert(service.name.clone(), generation);
+        }
+    }
+
+    // 4. Compose with the resolved project on stdin.
+    plan::apply(&plan, &mut project, &generations);
+    let mut args = vec![OsString::from(subcommand)];
+    args.extend(invocation.rest.iter().cloned());
+    if let Err(err) = run_compose(&project, &args, subcommand) {
+        for dir in &created {
+            let _ = files::remove_tree(dir);
+        }
+        return Err(err);
+    }
+
+    // 5. Routes for the proxied ports, then the old generations can go.
+    // LIMITATION: a failure from here on (the proxy refusing a route) leaves the containers
+    // running; the error names the step — a rollback through `compose down` would lift it.
+    if needs_proxy && let Some(runtime) = &runtime {
+        set_routes(&plan, &project, runtime)?;
+    }
+    if let Some(runtime) = &runtime {
+        for (service, generation) in &generations {
+            let dir = files::project_dir(runtime, &project.name).join(service);
+            files::remove_other_generations(&dir, generation)?;
+        }
+    }
+    let managed = plan.services.iter().filter(|s| s.is_managed()).count();
+    out.result(
+        &serde_json::json!({ "project": project.name, "managed_services": managed }),
+        &format!(
+            "docker-dso: project {} is {subcommand} ({managed} managed services)",
+            project.name
+        ),
+    )?;
+    Ok(())
+}
+
+/// Runs `compose down`, then deletes the project's routes (stopping a proxy `up` started once
+/// it has none left) and its secret files.
+fn run_down(out: Output, invocation: Invocation) -> anyhow::Result<()> {
+    let out = Output {
+        json: out.json || invocation.json,
+        ..out
+    };
+    let tool = Tool::select(invocation.tool)?;
+    let project = Project::load(tool, &invocation.project)?;
+
+    // The routes are named in the labels of the containers compose is about to remove.
+    let mut routes: Vec<String> = labelled_routes(&project.name)?;
+
+    let mut args = vec![OsString::from("down")];
+    args.extend(invocation.rest.iter().cloned());
+    run_compose(&project, &args, "down")?;
+
+    let runtime = files::runtime_dir()?;
+    let proxy_files = ProxyFiles::in_dir(&runtime);
+    let mut deleted = 0;
+    if let Some(proxy) = Proxy::connect(&proxy_files)? {
+        let prefix = format!("{}.", project.name);
+        if let Ok(existing) = proxy.routes() {
+            routes.extend(
+                existing
+                    .into_iter()
+                    .map(|r| r.name)
+                    .filter(|n| n.starts_with(&prefix)),
+            );
+        }
+        routes.sort();
+        routes.dedup();
+        for route in &routes {
+            proxy
+                .delete_route(route)
+                .map_err(|source| ComposeError::Route {
+                    route: route.clone(),
+                    source: Box::new(source),
+                })?;
+            deleted += 1;
+        }
+        if proxy.routes().is_ok_and(|left| left.is_empty()) {
+            proxy::stop_started_proxy(&proxy_files)?;
+        }
+    }
+    files::remove_tree(&files::project_dir(&runtime, &project.name))?;
+    out.result(
+        &serde_json::json!({ "project": project.name, "routes_deleted": deleted }),
+        &format!(
+            "docker-dso: project {} is down ({deleted} routes deleted)",
+            project.name
+        ),
+    )?;
+    Ok(())
+}
+
+/// Runs compose on `project` with the project text on stdin.
+fn run_compose(project: &Project, args: &[OsString], subcommand: &str) -> anyhow::Result<()> {
+    let text = Zeroizing::new(render(&project.model).context("rendering the project")?);
+    let mut child = project
+        .command(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|source| ComposeError::Spawn {
+            tool: project.tool.name(),
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A compose that exits early closes the pipe; its exit status tells why.
+        let _ = stdin.write_all(&text);
+    }
+    let status = child.wait().map_err(|source| ComposeError::Spawn {
+        tool: project.tool.name(),
+        source,
+    })?;
+    if !status.success() {
+        return Err(ComposeError::ComposeFailed {
+            tool: project.tool.name(),
+            subcommand: subcommand.to_owned(),
+            status,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Fails when a proxied listen address is taken by something other than our own route.
+fn check_listen_addresses(plan: &Plan, runtime: &Path) -> anyhow::Result<()> {
+    let existing = match Proxy::connect(&ProxyFiles::in_dir(runtime))? {
+        Some(proxy) => proxy.routes().unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut problems = Vec::new();
+    for service in &plan.services {
+        for port in &service.proxied {
+            let ours = existing
+                .iter()
+                .any(|r| r.name == port.route && r.listen == port.listen);
+            if !ours && let Err(err) = TcpListener::bind(port.listen.as_str()) {
+                problems.push(plan::Problem {
+                    service: service.name.clone(),
+                    variable: Some("ports".into()),
+                    reference: None,
+                    reason: format!("cannot listen on {}: {err}", port.listen),
+                    hint: Some("`ss -ltnp` shows what holds the address".into()),
+                });
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("docker-dso: problem: {problem}");
+    }
+    Err(ComposeError::Problems {
+        count: problems.len(),
+    }
+    .into())
+}
+
+/// Points each proxied port's route at the loopback ports of the service's containers.
+// LIMITATION: only a proxy on RUNTIME/proxy.sock is found; a running agent is not asked
+// for its proxy yet — the agent's IPC socket (issue 5) would lift it.
+fn set_routes(plan: &Plan, project: &Project, runtime: &Path) -> anyhow::Result<()> {
+    let proxy = Proxy::ensure(&ProxyFiles::in_dir(runtime))?;
+    for service in plan.services.iter().filter(|s| !s.proxied.is_empty()) {
+        let containers = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", project.name),
+            "--filter",
+            &format!("label=com.docker.compose.service={}", service.name),
+        ])?;
+        for port in &service.proxied {
+            let mut upstreams = Vec::new();
+            for container in containers.lines().filter(|l| !l.is_empty()) {
+                let published = docker(&["port", container, &format!("{}/tcp", port.target)])?;
+                let upstream = published
+                    .lines()
+                    .map(str::trim)
+                    .find(|a| a.starts_with("127.0.0.1:"))
+                    .ok_or_else(|| ComposeError::NoUpstream {
+                        service: service.name.clone(),
+                        container: container.to_owned(),
+                        target: port.target,
+                    })?;
+                upstreams.push(upstream.to_owned());
+            }
+            let request = RouteRequest {
+                listen: port.listen.clone(),
+                upstreams,
+                drain_timeout_ms: None,
+            };
+            proxy
+                .put_route(&port.route, &request)
+                .map_err(|source| ComposeError::Route {
+                    route: port.route.clone(),
+                    source: Box::new(source),
+                })?;
+            tracing::info!(route = %port.route, listen.addr = %port.listen, "route set");
+        }
+    }
+    Ok(())
+}
+
+/// Route names recorded in the labels of the project's containers.
+fn labelled_routes(project: &str) -> anyhow::Result<Vec<String>> {
+    let listing = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--filter",
+        "label=dso.managed=true",
+        "--format",
+        "{{.Label \"dso.proxy.routes\"}}",
+    ])?;
+    let mut routes = Vec::new();
+    for line in listing.lines().filter(|l| !l.trim().is_empty()) {
+        if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(line) {
+            routes.extend(
+                items
+                    .iter()
+                    .filter_map(|i| i.get("route")?.as_str().map(str::to_owned)),
+            );
+        }
+    }
+    Ok(routes)
+}
+
+/// Runs `docker ARGS` and returns stdout.
+fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running docker {}", args.join(" ")))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "`docker {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn print_problems(plan: &Plan) {
+    let mut stderr = std::io::stderr().lock();
+    for problem in &plan.problems {
+        let _ = writeln!(stderr, "docker-dso: problem: {problem}");
+    }
+}
+
+fn print_plan(out: Output, plan: &Plan, project: &Project) -> std::io::Result<()> {
+    out.data(&plan::to_json(plan, project), |w| {
+        writeln!(
+            w,
+            "project {} (compose {})",
+            project.name,
+            project.tool.label()
+        )?;
+        for service in &plan.services {
+            if !service.is_managed() {
+                writeln!(w, "service {}: not managed", service.name)?;
+                continue;
+            }
+            writeln!(
+                w,
+                "service {} (strategy {})",
+                service.name, service.strategy
+            )?;
+            for r in &service.references {
+                let status = match &r.problem {
+                    None => "resolved".to_owned(),
+                    Some(p) => format!("NOT RESOLVED: {}", p.reason),
+                };
+                let place = r
+                    .container_path
+                    .as_deref()
+                    .map(|p| format!(" -> file {p}"))
+                    .unwrap_or_default();
+                writeln!(
+                    w,
+                    "  {} = {} [{} via {}]{place}: {status}",
+                    r.variable,
+                    r.text,
+                    r.injection.as_str(),
+                    r.provider
+                )?;
+            }
+            for p in &service.proxied {
+                writeln!(
+                    w,
+                    "  port {} -> proxy route {} -> container port {}",
+                    p.listen, p.route, p.target
+                )?;
+            }
+        }
+        for problem in plan.problems.iter().filter(|p| p.reference.is_none()) {
+            writeln!(w, "problem: {problem}")?;
+        }
+        Ok(())
+    })
+}

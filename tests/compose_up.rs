@@ -1,0 +1,475 @@
+//! End-to-end tests of `docker dso up` / `down` / `plan` (issue 4) against the real Docker
+//! Engine, with compose v1 (`docker-compose`) and v2 (`docker compose`), the real `docker-dso`
+//! and `dso-proxy` binaries, and the test images of `tests/support/images.rs`.
+//!
+//! Values are stored through `docker-dso secret set` on stdin and read back inside the
+//! containers; test traffic goes to 127.0.0.1 only.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest, Sha256};
+use support::docker::{self, ensure_daemon};
+use support::dso::{Compose, Home, Project, container_env, rand_bytes, scan_for};
+use support::images;
+
+/// The tricky values of the issue, byte for byte.
+const PEM: &str = "-----BEGIN KEY-----\nMIIBdso+/=\n-----END KEY-----";
+fn tricky_values() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    vec![
+        ("DOLLAR", "t/dollar", b"p$HOME#x'y\"z$$1".to_vec()),
+        ("PEM", "t/pem", PEM.as_bytes().to_vec()),
+        ("NEWLINE", "t/newline", b"line\n".to_vec()),
+        ("UNICODE", "t/unicode", "Zażółć+<>&🔑".as_bytes().to_vec()),
+        ("EMPTY", "t/empty", Vec::new()),
+    ]
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Env injection delivers every tricky value byte-exact (`$`, quotes, a PEM without trailing
+/// newline, a trailing newline, non-ASCII, the empty string), and `$` is not re-interpolated.
+fn env_values_are_byte_exact(compose: Compose) -> Result<()> {
+    ensure_daemon()?;
+    let app = images::app_image()?;
+    let home = Home::new(compose)?;
+    let mut environment = String::from("    environment:\n");
+    for (var, path, value) in tricky_values() {
+        home.set_secret(path, &value)?;
+        environment.push_str(&format!("      {var}: dso://{path}\n"));
+    }
+    home.set_secret(
+        "t/json",
+        br#"{"db": {"pw": "nested$1"}, "n": 1.50, "a.b": "dotted"}"#,
+    )?;
+    environment.push_str("      NESTED: \"dso://t/json#db.pw\"\n");
+    environment.push_str("      NUMBER: \"dso://t/json#n\"\n");
+    environment.push_str("      DOTTED: 'dso://t/json#a\\.b'\n");
+    environment.push_str("      PLAIN: \"kept$$HOME\"\n");
+    let body = format!("    image: {app}\n{environment}");
+    let project = Project::new(&home, &[("app", &body)])?;
+
+    project.run_ok("up", &["-d"])?;
+    let container = project.container("app")?;
+    for (var, _, value) in tricky_values() {
+        let seen = container_env(&container, var)?;
+        ensure!(seen == value, "{var}: got {seen:?}, want {value:?}");
+    }
+    ensure!(container_env(&container, "NESTED")? == b"nested$1");
+    ensure!(container_env(&container, "NUMBER")? == b"1.50");
+    ensure!(container_env(&container, "DOTTED")? == b"dotted");
+    ensure!(container_env(&container, "PLAIN")? == b"kept$HOME");
+
+    // The labels name references, never values.
+    let labels = docker::docker(["inspect", "--format", "{{json .Config.Labels}}", &container])?;
+    ensure!(labels.contains("dso://t/dollar") && labels.contains("\"dso.managed\":\"true\""));
+    ensure!(!labels.contains("nested$1"), "{labels}");
+
+    project.run_ok("down", &[])?;
+    ensure!(
+        project.containers()?.is_empty(),
+        "containers left after down"
+    );
+    Ok(())
+}
+
+#[test]
+fn env_values_are_byte_exact_v1() -> Result<()> {
+    env_values_are_byte_exact(Compose::V1)
+}
+
+#[test]
+fn env_values_are_byte_exact_v2() -> Result<()> {
+    env_values_are_byte_exact(Compose::V2)
+}
+
+/// File injection: every value byte-exact in a file (SHA-256 inside the container), mode 0400
+/// owned by the service's user, not in `docker inspect`, and a planted sentinel is found
+/// nowhere on disk (Docker's data root, HOME, temp dirs), only on the tmpfs; `down` removes the
+/// files.
+#[test]
+fn file_values_are_exact_and_never_on_disk_v1() -> Result<()> {
+    ensure_daemon()?;
+    let app = images::app_image()?;
+    let home = Home::new(Compose::V1)?;
+    let sentinel = format!("sentinel-{}", hex::encode(&rand_bytes()?[..12]));
+    let mut values = tricky_values();
+    values.push(("SENTINEL", "t/sentinel", sentinel.clone().into_bytes()));
+    values.push(("BINARY", "t/binary", vec![0xff, 0x00, 0xfe, b'\n']));
+
+    let mut environment = String::from("    environment:\n");
+    for (var, path, value) in &values {
+        home.set_secret(path, value)?;
+        environment.push_str(&format!("      {var}: dsofile://{path}\n"));
+    }
+    let body = format!(
+        "    image: {app}\n    user: \"1000:1000\"\n    entrypoint: [\"/bin/sleep\", \"600\"]\n    \
+         stop_grace_period: 1s\n{environment}"
+    );
+    let project = Project::new(&home, &[("app", &body)])?;
+    project.run_ok("up", &["-d"])?;
+    let container = project.container("app")?;
+
+    for (var, _, value) in &values {
+        let path = container_env(&container, var)?;
+        ensure!(
+            path == format!("/run/secrets/dso/{var}").as_bytes(),
+            "{var} -> {path:?}"
+        );
+        let path = String::from_utf8(path)?;
+        let sum = docker::docker(["exec", &container, "sha256sum", &path])?;
+        let want = hex::encode(Sha256::digest(value));
+        ensure!(sum.starts_with(&want), "{var}: {sum} != {want}");
+        let stat = docker::docker(["exec", &container, "stat", "-c", "%u:%g %a", &path])?;
+        ensure!(stat == "1000:1000 400", "{var}: {stat}");
+    }
+
+    // Not in inspect, not on disk; but on the tmpfs (which proves the scan can find it).
+    let inspect = docker::docker(["inspect", &container])?;
+    ensure!(
+        !inspect.contains(&sentinel),
+        "docker inspect shows the value"
+    );
+    let root = PathBuf::from(docker::docker(["info", "-f", "{{.DockerRootDir}}"])?);
+    let upper = docker::docker([
+        "inspect",
+        "-f",
+        "{{.GraphDriver.Data.UpperDir}}",
+        &container,
+    ])?;
+    let mut roots = vec![
+        root.join("containers"),
+        root.join("volumes"),
+        PathBuf::from(upper),
+    ];
+    roots.extend(std::env::var_os("HOME").map(PathBuf::from));
+    roots.push(std::env::temp_dir());
+    roots.push(PathBuf::from("/var/tmp"));
+    let (found, read) = scan_for(&roots, sentinel.as_bytes());
+    ensure!(found.is_empty(), "sentinel on disk in {found:?}");
+    ensure!(read > 10, "the scan read only {read} files");
+    let (on_tmpfs, _) = scan_for(&[project.files_dir()], sentinel.as_bytes());
+    ensure!(on_tmpfs.len() == 1, "sentinel on tmpfs: {on_tmpfs:?}");
+
+    // A second `up` with the same values keeps the container (same generation directory).
+    project.run_ok("up", &["-d"])?;
+    ensure!(
+        project.container("app")? == container,
+        "unchanged up recreated the container"
+    );
+
+    project.run_ok("down", &[])?;
+    ensure!(
+        project.containers()?.is_empty(),
+        "containers left after down"
+    );
+    ensure!(!project.files_dir().exists(), "files left on the tmpfs");
+    Ok(())
+}
+
+/// Every kind of problem is reported at once, one line each, with no value, and nothing is
+/// created.
+fn refusals_create_nothing(compose: Compose) -> Result<()> {
+    ensure_daemon()?;
+    let app = images::app_image()?;
+    let home = Home::new(compose)?;
+    let sentinel = format!("sentinel-{}", hex::encode(&rand_bytes()?[..12]));
+    home.set_secret("t/json", format!(r#"{{"user": "{sentinel}"}}"#).as_bytes())?;
+    let mut big = sentinel.clone().into_bytes();
+    big.resize(200_000, b'x');
+    home.set_secret("t/big", &big)?;
+    let mut binary = sentinel.clone().into_bytes();
+    binary.extend_from_slice(&[0xff, 0xfe]);
+    home.set_secret("t/binary", &binary)?;
+    home.set_secret("t/fine", b"fine")?;
+
+    let body = format!(
+        "    image: {app}\n    environment:\n      MISSING: dso://t/nope\n      \
+         NOKEY: \"dso://t/json#password\"\n      BIG: dso://t/big\n      \
+         BINARY: dso://t/binary\n      FINE: dso://t/fine\n      BADREF: dso://t//x\n"
+    );
+    let project = Project::new(&home, &[("app", &body)])?;
+    let out = project.run("up", &["-d"])?;
+    let text = stderr(&out);
+    ensure!(!out.status.success(), "up succeeded: {text}");
+    for var in ["MISSING", "NOKEY", "BIG", "BINARY", "BADREF"] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("service app, {var} = ")))
+            .with_context(|| format!("no problem line for {var} in:\n{text}"))?;
+        ensure!(line.contains("hint:"), "no hint: {line}");
+    }
+    ensure!(text.contains("no secret at t/nope"), "{text}");
+    ensure!(text.contains("has no key `password`"), "{text}");
+    ensure!(
+        text.contains("131072") && text.contains("use dsofile://"),
+        "{text}"
+    );
+    ensure!(text.contains("not valid UTF-8"), "{text}");
+    ensure!(text.contains("5 problems"), "{text}");
+    ensure!(
+        !text.contains("FINE ="),
+        "a fine reference was reported: {text}"
+    );
+    ensure!(!text.contains(&sentinel), "a value was printed");
+    ensure!(!String::from_utf8_lossy(&out.stdout).contains(&sentinel));
+    ensure!(project.containers()?.is_empty(), "a container was created");
+    let network = docker::docker([
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name={}_", project.name),
+    ])?;
+    ensure!(network.is_empty(), "a network was created");
+    ensure!(!project.files_dir().exists(), "files were written");
+    Ok(())
+}
+
+#[test]
+fn refusals_create_nothing_v1() -> Result<()> {
+    refusals_create_nothing(Compose::V1)
+}
+
+#[test]
+fn refusals_create_nothing_v2() -> Result<()> {
+    refusals_create_nothing(Compose::V2)
+}
+
+/// `plan --json` lists each reference with its injection and status and never a value.
+#[test]
+fn plan_lists_references_and_never_values() -> Result<()> {
+    ensure_daemon()?;
+    let home = Home::new(Compose::V1)?;
+    let sentinel = format!("sentinel-{}", hex::encode(&rand_bytes()?[..12]));
+    home.set_secret("t/a", sentinel.as_bytes())?;
+    let body = "    image: busybox-not-pulled\n    user: \"7\"\n    ports:\n      - \
+                \"127.0.0.1:18431:80\"\n    environment:\n      A: dso://t/a\n      \
+                B_FILE: dsofile://t/a\n      C: dso://t/missing\n    labels:\n      \
+                dso.host_ports: \"true\"\n";
+    let project = Project::new(&home, &[("web", body)])?;
+    let out = project.run("plan", &["--json"])?;
+    ensure!(
+        !out.status.success(),
+        "plan with a problem must exit non-zero"
+    );
+    let stdout = String::from_utf8(out.stdout.clone())?;
+    ensure!(!stdout.contains(&sentinel) && !stderr(&out).contains(&sentinel));
+    let plan: serde_json::Value = serde_json::from_str(&stdout)?;
+    let refs = &plan["services"][0]["references"];
+    ensure!(
+        refs[0]["variable"] == "A" && refs[0]["injection"] == "env" && refs[0]["resolved"] == true
+    );
+    ensure!(refs[1]["injection"] == "file" && refs[1]["file"] == "/run/secrets/dso/B_FILE");
+    ensure!(
+        refs[2]["resolved"] == false
+            && refs[2]["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("no secret"))
+    );
+    ensure!(plan["services"][0]["proxied_ports"][0]["listen"] == "127.0.0.1:18431");
+    ensure!(project.containers()?.is_empty());
+    Ok(())
+}
+
+/// The runtime directory must be a tmpfs for `dsofile://`.
+#[test]
+fn files_are_refused_outside_tmpfs() -> Result<()> {
+    ensure_daemon()?;
+    let app = images::app_image()?;
+    let home = Home::new(Compose::V1)?;
+    home.set_secret("t/a", b"x")?;
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let body = format!("    image: {app}\n    environment:\n      A: dsofile://t/a\n");
+    let project = Project::new(&home, &[("app", &body)])?;
+    let out = project
+        .home
+        .command(["up", "-d", "-f"])
+        .arg(&project.file)
+        .args(["-p", &project.name])
+        .env("DSO_RUNTIME_DIR", disk.path())
+        .output()?;
+    let text = stderr(&out);
+    ensure!(!out.status.success(), "{text}");
+    ensure!(
+        text.contains("is not on a tmpfs") && text.contains("hint: mount one"),
+        "{text}"
+    );
+    ensure!(project.containers()?.is_empty());
+    Ok(())
+}
+
+/// `127.0.0.1:15432:5432` is served by dso-proxy on 127.0.0.1 only; Postgres (password from a
+/// dsofile) answers psql through it; `down` leaves no container, route, proxy or file.
+#[test]
+fn postgres_through_the_proxy_on_loopback_v1() -> Result<()> {
+    ensure_daemon()?;
+    let image = images::postgres_image()?;
+    let home = Home::new(Compose::V1)?;
+    let password = "pw$x'\"y";
+    home.set_secret("pg/password", password.as_bytes())?;
+    let body = format!(
+        "    image: {image}\n    environment:\n      POSTGRES_PASSWORD_FILE: \
+         dsofile://pg/password\n    ports:\n      - \"127.0.0.1:15432:5432\"\n    labels:\n      \
+         dso.host_ports: \"true\"\n"
+    );
+    let project = Project::new(&home, &[("db", &body)])?;
+    project.run_ok("up", &["-d"])?;
+    let container = project.container("db")?;
+    wait_healthy(&container, Duration::from_secs(120))?;
+
+    // The container publishes only an ephemeral loopback port now.
+    let ports = docker::docker(["port", &container])?;
+    ensure!(
+        ports.lines().all(|l| l.contains("-> 127.0.0.1:")) && !ports.contains(":15432"),
+        "{ports}"
+    );
+
+    // The proxy's route listens on 127.0.0.1:15432 only.
+    let routes = proxy_routes(&home)?;
+    ensure!(routes.len() == 1, "{routes:?}");
+    ensure!(routes[0].local_addr == "127.0.0.1:15432", "{:?}", routes[0]);
+    ensure!(
+        routes[0]
+            .upstreams
+            .iter()
+            .all(|u| u.starts_with("127.0.0.1:"))
+    );
+    let listening = docker::run(Command::new("ss").args(["-Hltn"]))?;
+    let on_port: Vec<&str> = listening
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter(|addr| addr.ends_with(":15432"))
+        .collect();
+    ensure!(
+        on_port == ["127.0.0.1:15432"],
+        "listeners on 15432: {on_port:?}"
+    );
+
+    // psql through the proxy, with retries while the route settles.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "15432",
+                "-U",
+                "postgres",
+                "-tAc",
+                "SELECT 40 + 2",
+            ])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()?;
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "42" {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("psql through the proxy failed: {}", stderr(&out));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    project.run_ok("down", &[])?;
+    ensure!(project.containers()?.is_empty(), "containers left");
+    ensure!(
+        !home.runtime.join("proxy.sock").exists(),
+        "the proxy still runs"
+    );
+    ensure!(!project.files_dir().exists(), "files left on the tmpfs");
+    let after = docker::run(Command::new("ss").args(["-Hltn"]))?;
+    ensure!(!after.contains(":15432 "), "15432 still listening");
+    Ok(())
+}
+
+fn proxy_routes(home: &Home) -> Result<Vec<dataplane::api::RouteView>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = dataplane::client::ProxyClient::new(home.runtime.join("proxy.sock"));
+    Ok(runtime.block_on(client.routes())?)
+}
+
+fn wait_healthy(container: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = docker::docker([
+            "inspect",
+            "--format",
+            "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+            container,
+        ])?;
+        if state == "running healthy" {
+            return Ok(());
+        }
+        ensure!(state.starts_with("running"), "container is {state}");
+        if Instant::now() > deadline {
+            bail!("not healthy after {timeout:?}: {state}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// With the project on stdin, a relative build context, bind mount and `env_file` still
+/// resolve from the compose file's directory, and compose records that directory as the
+/// project's working directory.
+fn relative_paths_resolve_from_the_project_directory(compose: Compose) -> Result<()> {
+    ensure_daemon()?;
+    let app = images::app_image()?;
+    let home = Home::new(compose)?;
+    home.set_secret("t/a", b"from-vault")?;
+    let proj = home.dir().join("proj");
+    std::fs::create_dir_all(proj.join("ctx"))?;
+    std::fs::create_dir_all(proj.join("data"))?;
+    std::fs::write(
+        proj.join("ctx/Dockerfile"),
+        format!("FROM {app}\nCOPY marker /marker\n"),
+    )?;
+    std::fs::write(proj.join("ctx/marker"), "built")?;
+    std::fs::write(proj.join("data/f"), "mounted")?;
+    std::fs::write(proj.join("vars.env"), "FROM_ENV_FILE=yes\n")?;
+    let tag = format!("dso-test/relpath:{}", std::process::id());
+    let body = format!(
+        "    image: {tag}\n    build:\n      context: ./ctx\n      labels:\n        dso.test: \
+         \"1\"\n    env_file: vars.env\n    volumes:\n      - ./data:/data:ro\n    \
+         environment:\n      A: dso://t/a\n"
+    );
+    let project = Project::new_in(&home, "proj", &[("app", &body)])?;
+    let result = (|| -> Result<()> {
+        project.run_ok("up", &["-d"])?;
+        let container = project.container("app")?;
+        ensure!(docker::docker(["exec", &container, "cat", "/marker"])? == "built");
+        ensure!(docker::docker(["exec", &container, "cat", "/data/f"])? == "mounted");
+        ensure!(container_env(&container, "FROM_ENV_FILE")? == b"yes");
+        ensure!(container_env(&container, "A")? == b"from-vault");
+        let working_dir = docker::docker([
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"com.docker.compose.project.working_dir\"}}",
+            &container,
+        ])?;
+        ensure!(std::path::Path::new(&working_dir) == proj, "{working_dir}");
+        project.run_ok("down", &[])?;
+        Ok(())
+    })();
+    let _ = docker::docker(["rmi", "-f", &tag]);
+    result
+}
+
+#[test]
+fn relative_paths_resolve_from_the_project_directory_v1() -> Result<()> {
+    relative_paths_resolve_from_the_project_directory(Compose::V1)
+}
+
+#[test]
+fn relative_paths_resolve_from_the_project_directory_v2() -> Result<()> {
+    relative_paths_resolve_from_the_project_directory(Compose::V2)
+}
