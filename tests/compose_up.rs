@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -324,22 +324,44 @@ fn postgres_through_the_proxy_on_loopback_v1() -> Result<()> {
     let container = project.container("db")?;
     wait_healthy(&container, Duration::from_secs(120))?;
 
-    // The container publishes only an ephemeral loopback port now.
-    let ports = docker::docker(["port", &container])?;
+    // Nothing is published on the host for 5432: no binding, no docker-proxy, no DNAT.
+    let bindings = docker::docker([
+        "inspect",
+        "--format",
+        "{{json .HostConfig.PortBindings}}|{{json .NetworkSettings.Ports}}",
+        &container,
+    ])?;
+    let (configured, published) = bindings.split_once('|').context("inspect format")?;
+    let configured: serde_json::Value = serde_json::from_str(configured)?;
+    let published: serde_json::Value = serde_json::from_str(published)?;
     ensure!(
-        ports.lines().all(|l| l.contains("-> 127.0.0.1:")) && !ports.contains(":15432"),
-        "{ports}"
+        configured.as_object().is_none_or(|m| m.is_empty()),
+        "port bindings: {configured}"
+    );
+    ensure!(
+        published
+            .get("5432/tcp")
+            .is_none_or(serde_json::Value::is_null),
+        "5432 is published: {published}"
     );
 
-    // The proxy's route listens on 127.0.0.1:15432 only.
+    // The proxy's route listens on 127.0.0.1:15432 and dials the container's address on the
+    // project's own network (compared as text; the test never dials it itself).
+    let network = format!("{}_default", project.name);
+    let ip = docker::docker([
+        "inspect",
+        "--format",
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        &container,
+    ])?;
+    ensure!(!ip.is_empty(), "no address on {network}");
     let routes = proxy_routes(&home)?;
     ensure!(routes.len() == 1, "{routes:?}");
     ensure!(routes[0].local_addr == "127.0.0.1:15432", "{:?}", routes[0]);
     ensure!(
-        routes[0]
-            .upstreams
-            .iter()
-            .all(|u| u.starts_with("127.0.0.1:"))
+        routes[0].upstreams == [format!("{ip}:5432")],
+        "upstreams {:?}, container at {ip} on {network}",
+        routes[0].upstreams
     );
     let listening = docker::run(Command::new("ss").args(["-Hltn"]))?;
     let on_port: Vec<&str> = listening
@@ -472,4 +494,304 @@ fn relative_paths_resolve_from_the_project_directory_v1() -> Result<()> {
 #[test]
 fn relative_paths_resolve_from_the_project_directory_v2() -> Result<()> {
     relative_paths_resolve_from_the_project_directory(Compose::V2)
+}
+
+/// A loopback port that was free a moment ago (the test binds nothing on it itself).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// First 16 hex digits of the SHA-256 of `value`, as the app reports it.
+fn fingerprint(value: &[u8]) -> String {
+    hex::encode(Sha256::digest(value))[..16].to_owned()
+}
+
+/// Container ids of `service`, in container-name order (the order `up` gives upstreams).
+fn replicas(project: &Project, service: &str) -> Result<Vec<(String, String)>> {
+    let listing = docker::docker([
+        "ps",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", project.name),
+        "--filter",
+        &format!("label=com.docker.compose.service={service}"),
+        "--format",
+        "{{.Names}} {{.ID}}",
+    ])?;
+    let mut found: Vec<(String, String)> = listing
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, i)| (n.to_owned(), i.to_owned()))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Checks that `container` publishes nothing on the host and returns `IP:port` of its address
+/// on the project's default network (as text: the test never dials it).
+fn unpublished_upstream(project: &Project, container: &str, port: u16) -> Result<String> {
+    let bindings = docker::docker([
+        "inspect",
+        "--format",
+        "{{json .HostConfig.PortBindings}}",
+        container,
+    ])?;
+    let bindings: serde_json::Value = serde_json::from_str(&bindings)?;
+    ensure!(
+        bindings.as_object().is_none_or(|m| m.is_empty()),
+        "{container} has host port bindings: {bindings}"
+    );
+    let network = format!("{}_default", project.name);
+    let ip = docker::docker([
+        "inspect",
+        "--format",
+        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        container,
+    ])?;
+    ensure!(!ip.is_empty(), "{container} has no address on {network}");
+    Ok(format!("{ip}:{port}"))
+}
+
+/// Polls `GET /secret-version` on a loopback address until it reports `want`.
+fn wait_for_version(addr: std::net::SocketAddr, want: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match support::http::get(addr, "/secret-version") {
+            Ok(response) if response.status == 200 && response.text().contains(want) => {
+                return Ok(());
+            }
+            Ok(response) => response.text(),
+            Err(error) => format!("{error:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("{addr} never reported {want}; last: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Compose features the user may combine (extends from another file, a YAML alias, `env_file`,
+/// `.env` interpolation, list and map environment, an inactive profile whose reference is
+/// missing, `scale`, `container_name`, a project directory with a space) with proxied ports:
+/// every replica is an upstream at its own address on the project network with nothing
+/// published on the host; a second `up` keeps the containers; a changed secret gives a new
+/// generation and new containers that the routes follow; `down` after the proxy was killed
+/// leaves no pid file, socket, container or file.
+fn compose_features_behind_the_proxy(compose: Compose) -> Result<()> {
+    ensure_daemon()?;
+    let app = images::app_image()?;
+    let home = Home::new(compose)?;
+    let first = format!("first-{}", hex::encode(&rand_bytes()?[..8]));
+    home.set_secret("t/a", first.as_bytes())?;
+    home.set_secret("t/json", br#"{"user": "u$1"}"#)?;
+    let (api_port, named_port) = (free_port()?, free_port()?);
+
+    let dir = home.dir().join("proj dir");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("base.yml"),
+        format!(
+            "services:\n  base:\n    image: {app}\n    environment:\n      FROM_BASE: \
+             dso://t/a\n"
+        ),
+    )?;
+    std::fs::write(dir.join("vars.env"), "FROM_ENV_FILE=dso://t/json#user\n")?;
+    std::fs::write(dir.join(".env"), "REFVAR=dso://t/a\n")?;
+    let container_name = docker::unique_name("named");
+    let api = format!(
+        "    extends:\n      file: base.yml\n      service: base\n    scale: 2\n    env_file: \
+         vars.env\n    environment:\n      - APP_SECRET=${{REFVAR}}\n      - \
+         LISTED=dso://t/json#user\n    ports:\n      - \"127.0.0.1:{api_port}:8080\"\n    \
+         stop_grace_period: &grace 1s\n    labels:\n      dso.host_ports: \"true\"\n"
+    );
+    let named = format!(
+        "    image: {app}\n    container_name: {container_name}\n    environment:\n      \
+         APP_SECRET_FILE: dsofile://t/a\n    ports:\n      - \
+         \"127.0.0.1:{named_port}:8080\"\n    stop_grace_period: *grace\n    labels:\n      \
+         dso.host_ports: \"true\"\n"
+    );
+    let prof = format!(
+        "    image: {app}\n    profiles: [\"extra\"]\n    environment:\n      P: \
+         dso://t/missing\n"
+    );
+    let project = Project::new_in(
+        &home,
+        "proj dir",
+        &[("api", &api), ("named", &named), ("prof", &prof)],
+    )?;
+
+    // The inactive profile's missing secret is no problem; with the profile it is.
+    project.run_ok("plan", &[])?;
+    let out = project.run("plan", &["--profile", "extra"])?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stdout).contains("t/missing"),
+        "plan with the profile: {}",
+        stderr(&out)
+    );
+
+    project.run_ok("up", &["-d"])?;
+    let api_replicas = replicas(&project, "api")?;
+    ensure!(api_replicas.len() == 2, "{api_replicas:?}");
+    let (_, first_api) = &api_replicas[0];
+    ensure!(container_env(first_api, "FROM_BASE")? == first.as_bytes());
+    ensure!(container_env(first_api, "FROM_ENV_FILE")? == b"u$1");
+    ensure!(container_env(first_api, "LISTED")? == b"u$1");
+    ensure!(container_env(first_api, "APP_SECRET")? == first.as_bytes());
+    ensure!(
+        project.containers()?.len() == 3,
+        "the prof service was started"
+    );
+
+    let expect_routes = |project: &Project| -> Result<()> {
+        let mut want_api = Vec::new();
+        for (_, id) in replicas(project, "api")? {
+            want_api.push(unpublished_upstream(project, &id, 8080)?);
+        }
+        let named_id = project.container("named")?;
+        let want_named = vec![unpublished_upstream(project, &named_id, 8080)?];
+        let routes = proxy_routes(&home)?;
+        let route = |port: u16| {
+            routes
+                .iter()
+                .find(|r| r.local_addr == format!("127.0.0.1:{port}"))
+                .with_context(|| format!("no route on {port}: {routes:?}"))
+        };
+        ensure!(route(api_port)?.upstreams == want_api, "{routes:?}");
+        ensure!(route(named_port)?.upstreams == want_named, "{routes:?}");
+        Ok(())
+    };
+    expect_routes(&project)?;
+    let api_addr = format!("127.0.0.1:{api_port}").parse()?;
+    let named_addr = format!("127.0.0.1:{named_port}").parse()?;
+    wait_for_version(api_addr, &format!("env={}", fingerprint(first.as_bytes())))?;
+    wait_for_version(
+        named_addr,
+        &format!("file={}", fingerprint(first.as_bytes())),
+    )?;
+
+    // A second `up` with nothing changed keeps every container.
+    let before = project.containers()?;
+    project.run_ok("up", &["-d"])?;
+    ensure!(
+        project.containers()? == before,
+        "an unchanged up recreated containers"
+    );
+
+    // A changed secret: a new generation, new containers, routes to them.
+    let second = format!("second-{}", hex::encode(&rand_bytes()?[..8]));
+    home.set_secret("t/a", second.as_bytes())?;
+    project.run_ok("up", &["-d"])?;
+    let generations: Vec<String> = std::fs::read_dir(project.files_dir().join("named"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    ensure!(generations == ["g2"], "generations {generations:?}");
+    let named_now = project.container("named")?;
+    ensure!(
+        !before.iter().any(|c| named_now.starts_with(c.as_str())),
+        "the named container was not recreated"
+    );
+    expect_routes(&project)?;
+    wait_for_version(api_addr, &format!("env={}", fingerprint(second.as_bytes())))?;
+    wait_for_version(
+        named_addr,
+        &format!("file={}", fingerprint(second.as_bytes())),
+    )?;
+
+    // The proxy dies; `down` still cleans everything, its pid file and socket included.
+    let pid = std::fs::read_to_string(home.runtime.join("proxy.pid"))?;
+    docker::run(Command::new("kill").args(["-KILL", pid.trim()]))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{}", pid.trim())).exists() {
+        ensure!(Instant::now() < deadline, "the proxy did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    project.run_ok("down", &[])?;
+    ensure!(project.containers()?.is_empty(), "containers left");
+    ensure!(!project.files_dir().exists(), "files left on the tmpfs");
+    ensure!(!home.runtime.join("proxy.pid").exists(), "pid file left");
+    ensure!(!home.runtime.join("proxy.sock").exists(), "socket left");
+    Ok(())
+}
+
+#[test]
+fn compose_features_behind_the_proxy_v1() -> Result<()> {
+    compose_features_behind_the_proxy(Compose::V1)
+}
+
+#[test]
+fn compose_features_behind_the_proxy_v2() -> Result<()> {
+    compose_features_behind_the_proxy(Compose::V2)
+}
+
+/// What a hostile compose file gets refused for, all at once and before anything exists:
+/// references in `command`, a label and inside a longer environment value; one host address
+/// for two proxied services; `dso.host_ports` with `network_mode: host`; a listen address
+/// another process holds. `plan --json` reports the same and parses; no value anywhere.
+#[test]
+fn hostile_projects_are_refused_before_anything_exists_v1() -> Result<()> {
+    ensure_daemon()?;
+    let app = images::app_image()?;
+    let home = Home::new(Compose::V1)?;
+    let sentinel = format!("sentinel-{}", hex::encode(&rand_bytes()?[..12]));
+    home.set_secret("t/a", sentinel.as_bytes())?;
+    let holder = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let held = holder.local_addr()?.port();
+    let (shared, host_mode) = (free_port()?, free_port()?);
+
+    let a = format!(
+        "    image: {app}\n    command: [\"/bin/sleep\", \"dso://t/a\"]\n    environment:\n      \
+         DSN: \"pg://u:dso://t/a@h\"\n      FINE: dso://t/a\n    ports:\n      - \
+         \"127.0.0.1:{shared}:8080\"\n    labels:\n      note: \"dso://t/a\"\n      \
+         dso.host_ports: \"true\"\n"
+    );
+    let b = format!(
+        "    image: {app}\n    ports:\n      - \"{shared}:8080\"\n    labels:\n      \
+         dso.host_ports: \"true\"\n"
+    );
+    let c = format!(
+        "    image: {app}\n    network_mode: host\n    ports:\n      - \
+         \"127.0.0.1:{host_mode}:8080\"\n    labels:\n      dso.host_ports: \"true\"\n"
+    );
+    let d = format!(
+        "    image: {app}\n    ports:\n      - \"127.0.0.1:{held}:8080\"\n    labels:\n      \
+         dso.host_ports: \"true\"\n"
+    );
+    let project = Project::new(&home, &[("a", &a), ("b", &b), ("c", &c), ("d", &d)])?;
+
+    let expected = [
+        "service a, command = dso://t/a".to_owned(),
+        "service a, environment.DSN = pg://u:dso://t/a@h".to_owned(),
+        "service a, labels.note = dso://t/a".to_owned(),
+        format!("service a, ports: host address 127.0.0.1:{shared} is also proxied for service b"),
+        "service c, dso.host_ports: network_mode \"host\"".to_owned(),
+        format!("service d, ports: cannot listen on 127.0.0.1:{held}"),
+    ];
+    let out = project.run("up", &["-d"])?;
+    let text = stderr(&out);
+    ensure!(!out.status.success(), "up succeeded: {text}");
+    for line in &expected {
+        let found = text
+            .lines()
+            .find(|l| l.contains(line.as_str()))
+            .with_context(|| format!("no problem line `{line}` in:\n{text}"))?;
+        ensure!(found.contains("hint:"), "no hint: {found}");
+    }
+    ensure!(text.contains("6 problems"), "{text}");
+    ensure!(!text.contains(&sentinel) && !String::from_utf8_lossy(&out.stdout).contains(&sentinel));
+    ensure!(project.containers()?.is_empty(), "a container was created");
+    ensure!(
+        !home.runtime.join("proxy.sock").exists(),
+        "a proxy was started"
+    );
+
+    let out = project.run("plan", &["--json"])?;
+    ensure!(!out.status.success());
+    let stdout = String::from_utf8(out.stdout.clone())?;
+    ensure!(!stdout.contains(&sentinel) && !stderr(&out).contains(&sentinel));
+    let plan: serde_json::Value = serde_json::from_str(&stdout)?;
+    ensure!(plan["problems"] == 6, "{plan}");
+    ensure!(project.containers()?.is_empty());
+    drop(holder);
+    Ok(())
 }

@@ -93,12 +93,31 @@ fn run_resolved(
     };
     let tool = Tool::select(invocation.tool)?;
     let mut project = Project::load(tool, &invocation.project)?;
+    if tool == Tool::V1 {
+        // v1's `config` keeps services of inactive profiles; v1's `up` would skip them, so
+        // they must not be resolved (nor fail the plan) either.
+        let named: Vec<String> = invocation
+            .rest
+            .iter()
+            .filter_map(|a| a.to_str())
+            .filter(|a| !a.starts_with('-'))
+            .map(str::to_owned)
+            .collect();
+        let profiles = std::env::var("COMPOSE_PROFILES").ok();
+        project.drop_inactive_profiles(&named, profiles.as_deref());
+    }
     let config = match config::find(config_path)? {
         Some(path) => Some(config::load(&path).context("loading the configuration")?),
         None => None,
     };
     let mut resolver = Resolver::new(config.as_ref(), || open_vault().map(|(_, c)| c));
-    let plan = plan::build(&project, &mut resolver, files::is_root());
+    let mut plan = plan::build(&project, &mut resolver, files::is_root());
+    if subcommand == "up" {
+        // Taken listen addresses are problems like the others: reported together, before
+        // anything changes.
+        let taken = taken_listen_addresses(&plan)?;
+        plan.problems.extend(taken);
+    }
 
     // 1. Planning only: print, and fail when there are problems.
     if dry_run {
@@ -142,9 +161,6 @@ fn run_resolved(
     } else {
         None
     };
-    if needs_proxy && let Some(runtime) = &runtime {
-        check_listen_addresses(&plan, runtime)?;
-    }
 
     // 3. Secret files, one new generation per service whose files changed.
     // LIMITATION: a generation belongs to a service, so replicas (`scale`) share one directory
@@ -189,7 +205,8 @@ fn run_resolved(
     // LIMITATION: a failure from here on (the proxy refusing a route) leaves the containers
     // running; the error names the step — a rollback through `compose down` would lift it.
     if needs_proxy && let Some(runtime) = &runtime {
-        set_routes(&plan, &project, runtime)?;
+        let named = named_services(&project, &invocation.rest);
+        set_routes(&plan, &project, runtime, &named)?;
     }
     if let Some(runtime) = &runtime {
         for (service, generation) in &generations {
@@ -228,7 +245,12 @@ fn run_down(out: Output, invocation: Invocation) -> anyhow::Result<()> {
     let runtime = files::runtime_dir()?;
     let proxy_files = ProxyFiles::in_dir(&runtime);
     let mut deleted = 0;
-    if let Some(proxy) = Proxy::connect(&proxy_files)? {
+    let proxy = Proxy::connect(&proxy_files)?;
+    if proxy.is_none() {
+        // A proxy `up` started and that was killed since: its routes died with it.
+        proxy::forget_dead_proxy(&proxy_files);
+    }
+    if let Some(proxy) = proxy {
         let prefix = format!("{}.", project.name);
         if let Ok(existing) = proxy.routes() {
             routes.extend(
@@ -241,13 +263,13 @@ fn run_down(out: Output, invocation: Invocation) -> anyhow::Result<()> {
         routes.sort();
         routes.dedup();
         for route in &routes {
-            proxy
+            let existed = proxy
                 .delete_route(route)
                 .map_err(|source| ComposeError::Route {
                     route: route.clone(),
                     source: Box::new(source),
                 })?;
-            deleted += 1;
+            deleted += usize::from(existed);
         }
         if proxy.routes().is_ok_and(|left| left.is_empty()) {
             proxy::stop_started_proxy(&proxy_files)?;
@@ -294,11 +316,18 @@ fn run_compose(project: &Project, args: &[OsString], subcommand: &str) -> anyhow
     Ok(())
 }
 
-/// Fails when a proxied listen address is taken by something other than our own route.
-fn check_listen_addresses(plan: &Plan, runtime: &Path) -> anyhow::Result<()> {
-    let existing = match Proxy::connect(&ProxyFiles::in_dir(runtime))? {
-        Some(proxy) => proxy.routes().unwrap_or_default(),
-        None => Vec::new(),
+/// Problems for proxied listen addresses that something other than our own route holds.
+fn taken_listen_addresses(plan: &Plan) -> anyhow::Result<Vec<plan::Problem>> {
+    if plan.services.iter().all(|s| s.proxied.is_empty()) {
+        return Ok(Vec::new());
+    }
+    // Without a runtime directory there is no proxy of ours, so no route to tell apart.
+    let existing = match files::runtime_dir() {
+        Ok(runtime) => match Proxy::connect(&ProxyFiles::in_dir(&runtime))? {
+            Some(proxy) => proxy.routes().unwrap_or_default(),
+            None => Vec::new(),
+        },
+        Err(_) => Vec::new(),
     };
     let mut problems = Vec::new();
     for service in &plan.services {
@@ -317,46 +346,91 @@ fn check_listen_addresses(plan: &Plan, runtime: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    for problem in &problems {
-        eprintln!("docker-dso: problem: {problem}");
-    }
-    Err(ComposeError::Problems {
-        count: problems.len(),
-    }
-    .into())
+    Ok(problems)
 }
 
-/// Points each proxied port's route at the loopback ports of the service's containers.
+/// Points each proxied port's route at the service's containers: one upstream per running
+/// replica, the container's IP address on the project's default network (else on its first
+/// network in name order) and the container port. Nothing is published on the host for these
+/// ports, so the proxy is the only hop.
 // LIMITATION: only a proxy on RUNTIME/proxy.sock is found; a running agent is not asked
 // for its proxy yet — the agent's IPC socket (issue 5) would lift it.
-fn set_routes(plan: &Plan, project: &Project, runtime: &Path) -> anyhow::Result<()> {
+// LIMITATION: a container that restarts later (daemon restart, `restart:` policy) may get a new
+// address and the route keeps the old one until the next `up` — the agent following Docker
+// events (issue 5) would lift it.
+// LIMITATION: a network the host cannot reach (macvlan/ipvlan without a host interface) gives
+// an address the proxy cannot dial; the route is set anyway — a connect probe per upstream
+// before the route is set would turn it into an error.
+fn set_routes(
+    plan: &Plan,
+    project: &Project,
+    runtime: &Path,
+    named: &[String],
+) -> anyhow::Result<()> {
     let proxy = Proxy::ensure(&ProxyFiles::in_dir(runtime))?;
+    let default_network = project.default_network();
     for service in plan.services.iter().filter(|s| !s.proxied.is_empty()) {
-        let containers = docker(&[
+        let listing = docker(&[
             "ps",
-            "-q",
             "--filter",
             &format!("label=com.docker.compose.project={}", project.name),
             "--filter",
             &format!("label=com.docker.compose.service={}", service.name),
+            "--format",
+            "{{.Names}} {{.ID}}",
         ])?;
+        // Replica order by name, so a route's upstream list does not depend on `ps` order.
+        let mut containers: Vec<(&str, &str)> = listing
+            .lines()
+            .filter_map(|l| l.trim().split_once(' '))
+            .collect();
+        containers.sort_unstable();
+        let mut networks = Vec::new();
+        for (_, id) in &containers {
+            let text = docker(&[
+                "inspect",
+                "--format",
+                "{{json .NetworkSettings.Networks}}",
+                id,
+            ])?;
+            let parsed: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(text.trim())
+                    .with_context(|| format!("reading the networks of container {id}"))?;
+            networks.push(parsed);
+        }
         for port in &service.proxied {
             let mut upstreams = Vec::new();
-            for container in containers.lines().filter(|l| !l.is_empty()) {
-                let published = docker(&["port", container, &format!("{}/tcp", port.target)])?;
-                let upstream = published
-                    .lines()
-                    .map(str::trim)
-                    .find(|a| a.starts_with("127.0.0.1:"))
-                    .ok_or_else(|| ComposeError::NoUpstream {
-                        service: service.name.clone(),
-                        container: container.to_owned(),
-                        target: port.target,
-                    })?;
-                upstreams.push(upstream.to_owned());
+            for ((name, _), attached) in containers.iter().zip(&networks) {
+                let (network, upstream) =
+                    proxy::container_upstream(attached, &default_network, port.target).ok_or_else(
+                        || ComposeError::NoUpstream {
+                            service: service.name.clone(),
+                            container: (*name).to_owned(),
+                            target: port.target,
+                        },
+                    )?;
+                tracing::debug!(
+                    route = %port.route,
+                    container = %name,
+                    network = %network,
+                    upstream.addr = %upstream,
+                    "upstream chosen"
+                );
+                upstreams.push(upstream);
+            }
+            // `up -d web` starts only web and its dependencies; another proxied service
+            // without containers was not asked for and gets no route.
+            if upstreams.is_empty() && !named.is_empty() && !named.contains(&service.name) {
+                continue;
+            }
+            // LIMITATION: the route keeps its old upstreams after this error (e.g. after
+            // `--scale SERVICE=0`) until `down` — deleting or holding the route would lift it,
+            // once the agent (issue 5) decides which of the two a scaled-down service wants.
+            if upstreams.is_empty() {
+                return Err(ComposeError::NoContainers {
+                    service: service.name.clone(),
+                }
+                .into());
             }
             let request = RouteRequest {
                 listen: port.listen.clone(),
@@ -373,6 +447,17 @@ fn set_routes(plan: &Plan, project: &Project, runtime: &Path) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// The service names among the arguments of `up` (compose starts only those and their
+/// dependencies when any is given).
+fn named_services(project: &Project, rest: &[OsString]) -> Vec<String> {
+    let services = project.service_names();
+    rest.iter()
+        .filter_map(|a| a.to_str())
+        .filter(|a| services.iter().any(|s| s == a))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Route names recorded in the labels of the project's containers.
@@ -469,7 +554,15 @@ fn print_plan(out: Output, plan: &Plan, project: &Project) -> std::io::Result<()
                 )?;
             }
         }
-        for problem in plan.problems.iter().filter(|p| p.reference.is_none()) {
+        // Problems of references were printed with them; the rest (labels, ports, misplaced
+        // references) here.
+        let shown = |p: &plan::Problem| {
+            plan.services
+                .iter()
+                .flat_map(|s| &s.references)
+                .any(|r| r.problem.as_ref() == Some(p))
+        };
+        for problem in plan.problems.iter().filter(|p| !shown(p)) {
             writeln!(w, "problem: {problem}")?;
         }
         Ok(())

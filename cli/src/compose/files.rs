@@ -213,10 +213,13 @@ fn generation_matches(dir: &Path, files: &[(String, SecretValue)], owner: Owner)
     use std::io::Read as _;
     use std::os::unix::fs::MetadataExt as _;
 
+    // A generation is complete only once its directory is 0711, the last step of
+    // write_generation; one left by a killed `up` must not be reused.
+    let complete = fs::metadata(dir).is_ok_and(|m| m.mode() & 0o777 == 0o711);
     let Ok(entries) = fs::read_dir(dir) else {
         return false;
     };
-    if entries.count() != files.len() {
+    if !complete || entries.count() != files.len() {
         return false;
     }
     files.iter().all(|(name, value)| {
@@ -266,6 +269,21 @@ mod tests {
         remove_other_generations(&service, &second).unwrap();
         assert!(!first.exists());
         assert!(second.exists());
+    }
+
+    #[test]
+    fn an_incomplete_generation_is_not_reused() {
+        let temp = tempfile::tempdir().unwrap();
+        let service = temp.path().join("svc");
+        let owner = Owner { ids: None };
+        let files = vec![("A".to_owned(), SecretValue::from_slice(b"one"))];
+        let (first, _) = write_generation(&service, &files, owner).unwrap();
+
+        // As a killed `up` leaves it: every file written, the directory not yet opened up.
+        fs::set_permissions(&first, fs::Permissions::from_mode(0o700)).unwrap();
+        let (next, created) = write_generation(&service, &files, owner).unwrap();
+        assert!(created);
+        assert_eq!(next.file_name().unwrap(), "g2");
     }
 
     #[test]

@@ -160,15 +160,25 @@ pub enum ComposeError {
     )]
     NeedsDetach,
 
-    /// A proxied container has no loopback port.
-    #[error("container {container} of service {service} publishes no 127.0.0.1 port for {target}")]
+    /// A proxied container has no address on its network.
+    #[error(
+        "container {container} of service {service} has no IP address on its network, so the \
+         proxy cannot reach container port {target}"
+    )]
     NoUpstream {
         /// Service.
         service: String,
-        /// Container id.
+        /// Container name.
         container: String,
         /// Container port.
         target: u16,
+    },
+
+    /// A proxied service has no running container after compose returned.
+    #[error("service {service} has no running container to route to")]
+    NoContainers {
+        /// Service.
+        service: String,
     },
 }
 
@@ -202,6 +212,14 @@ impl ComposeError {
             ),
             Self::NeedsDetach => "run `docker dso up -d`".into(),
             Self::Route { .. } => "`ss -ltnp` shows what holds the address".into(),
+            Self::NoUpstream { container, .. } => format!(
+                "`docker inspect {container}` shows its state and networks; the container may be \
+                 restarting"
+            ),
+            Self::NoContainers { service } => format!(
+                "`docker compose logs {service}` shows why it stopped, or `--scale {service}=0` \
+                 was given"
+            ),
             _ => return None,
         })
     }

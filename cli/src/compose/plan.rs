@@ -401,6 +401,30 @@ pub fn build(project: &Project, resolver: &mut Resolver<'_>, root: bool) -> Plan
             });
         }
 
+        // References are resolved only as whole environment values; anywhere else the text
+        // would reach the container unresolved, and a value there would be visible to anyone
+        // who can run `docker inspect` or `ps`. Refused rather than passed on silently.
+        for (place, text) in misplaced_references(service) {
+            let hint = if place.starts_with("labels.") {
+                "labels are shown by `docker inspect`; remove the reference from the label"
+            } else if place.starts_with("environment.") {
+                "a reference must be the whole value; store the whole string (e.g. the full \
+                 URL) as the secret, or split it into its own variable"
+            } else {
+                "put the reference under environment: and read the variable in the program (or \
+                 `sh -c '… \"$$VAR\"'`), or use dsofile:// and pass the file path"
+            };
+            problems.push(problem(
+                Some(&place),
+                Some(&text),
+                format!(
+                    "references are resolved only as whole environment: values; in {place} it \
+                     would reach the container as literal text"
+                ),
+                hint,
+            ));
+        }
+
         // Ports for the proxy.
         let proxied = match project::label(service, HOST_PORTS_LABEL) {
             None => Vec::new(),
@@ -431,7 +455,121 @@ pub fn build(project: &Project, resolver: &mut Resolver<'_>, root: bool) -> Plan
             owner,
         });
     }
+    let conflicts = listen_conflicts(project, &plan.services);
+    plan.problems.extend(conflicts);
     plan
+}
+
+/// Proxied listen addresses that another proxied port, or a TCP port compose still publishes,
+/// also wants. Caught here because the proxy would refuse the second route only after compose
+/// created the containers.
+fn listen_conflicts(project: &Project, services: &[ServicePlan]) -> Vec<Problem> {
+    // (service, host IP, port, proxied) of every single published TCP port.
+    let mut entries: Vec<(String, String, u16, bool)> = Vec::new();
+    for service_plan in services {
+        let Some(service) = project.service(&service_plan.name) else {
+            continue;
+        };
+        for (_, spec) in project::ports(service) {
+            let Some(spec) = spec.filter(|s| s.protocol == "tcp") else {
+                continue;
+            };
+            let Some(port) = spec
+                .published
+                .as_deref()
+                .and_then(|p| p.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            let ip = spec.host_ip.unwrap_or_else(|| "0.0.0.0".into());
+            let proxied = service_plan.proxied.iter().any(|p| p.published == port);
+            entries.push((service_plan.name.clone(), ip, port, proxied));
+        }
+    }
+    let overlap = |a: &str, b: &str| {
+        let unspecified = |ip: &str| ip == "0.0.0.0" || ip == "::";
+        a.contains(':') == b.contains(':') && (a == b || unspecified(a) || unspecified(b))
+    };
+    let mut problems = Vec::new();
+    for (i, (service, ip, port, proxied)) in entries.iter().enumerate() {
+        for (j, (other, other_ip, other_port, other_proxied)) in entries.iter().enumerate() {
+            // Each pair once; a pair without a proxied port is compose's business.
+            let counted = if *other_proxied { i < j } else { i != j };
+            if !*proxied || !counted || port != other_port || !overlap(ip, other_ip) {
+                continue;
+            }
+            let how = if *other_proxied {
+                "proxied for"
+            } else {
+                "published by"
+            };
+            problems.push(Problem {
+                service: service.clone(),
+                variable: Some("ports".into()),
+                reference: None,
+                reason: format!(
+                    "host address {ip}:{port} is also {how} service {other} ({other_ip}:{port})"
+                ),
+                hint: Some("give each service its own host port".into()),
+            });
+        }
+    }
+    problems
+}
+
+/// Texts in `command`, `entrypoint`, `healthcheck.test`, labels (except dso's own `dso.*`)
+/// and inside (not at the start of) environment values that contain a reference scheme, as
+/// (place, text) pairs.
+fn misplaced_references(service: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
+    fn texts(value: Option<&Value>) -> Vec<String> {
+        match value {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+    let has_scheme =
+        |t: &str| t.contains(reference::ENV_SCHEME) || t.contains(reference::FILE_SCHEME);
+    let mut found = Vec::new();
+    let places = [
+        ("command", service.get("command")),
+        ("entrypoint", service.get("entrypoint")),
+        (
+            "healthcheck.test",
+            service.get("healthcheck").and_then(|h| h.get("test")),
+        ),
+    ];
+    for (place, value) in places {
+        for text in texts(value) {
+            let text = unescape_dollars(&text);
+            if has_scheme(&text) {
+                found.push((place.to_owned(), text));
+            }
+        }
+    }
+    for (variable, value) in project::environment(service) {
+        let Some(text) = value.map(|v| unescape_dollars(&v)) else {
+            continue;
+        };
+        let whole =
+            text.starts_with(reference::ENV_SCHEME) || text.starts_with(reference::FILE_SCHEME);
+        if !whole && has_scheme(&text) {
+            found.push((format!("environment.{variable}"), text));
+        }
+    }
+    for (key, value) in project::labels(service) {
+        let Some(text) = value.as_str().map(unescape_dollars) else {
+            continue;
+        };
+        if !key.starts_with("dso.") && has_scheme(&text) {
+            found.push((format!("labels.{key}"), text));
+        }
+    }
+    found
 }
 
 /// The image a service runs: `image:`, else the name compose gives a built image.
@@ -465,6 +603,25 @@ fn proxied_ports(
         reason,
         hint: Some(hint.into()),
     };
+    // The proxy dials the container's address on a Docker network; these modes give the
+    // container no address of its own to dial.
+    if let Some(mode) = service.get("network_mode").and_then(Value::as_str)
+        && (mode == "host"
+            || mode == "none"
+            || mode.starts_with("container:")
+            || mode.starts_with("service:"))
+    {
+        problems.push(problem(
+            format!(
+                "network_mode {mode:?} gives the container no address of its own on a Docker \
+                 network, so the proxy has nothing to route to"
+            ),
+            "remove dso.host_ports (publish the port with compose as usual), or put the \
+             service on a network (drop network_mode)",
+        ));
+        return Vec::new();
+    }
+
     let wanted: Option<Vec<u16>> = match marker.trim() {
         "true" | "all" => None,
         list => {
@@ -549,9 +706,12 @@ fn proxied_ports(
 }
 
 /// Writes the resolved plan into the project: values (with `$` escaped) and file paths into
-/// `environment:`, the generation directory as a read-only bind mount, proxied ports replaced
-/// by an ephemeral loopback port, and the labels. `generations` maps a service to its
-/// generation directory on the host.
+/// `environment:`, the generation directory as a read-only bind mount, proxied ports removed
+/// (the proxy dials the container's own address, see [`remove_proxied_ports`]), and the labels.
+/// `generations` maps a service to its generation directory on the host.
+// LIMITATION: compose's `com.docker.compose.config-hash` label hashes the service config with
+// the env values in it, so a weak value could be guessed against it — only `dsofile://` (the
+// hash covers the path) avoids it; compose's behaviour, documented in architecture-compose.md.
 // LIMITATION: the edited project holds env values as plain `String`s inside the JSON model,
 // which are not zeroized when dropped — a model type holding `SecretValue`s until rendering
 // would lift it.
@@ -620,7 +780,7 @@ pub fn apply(
         }
 
         if !service_plan.proxied.is_empty() {
-            rewrite_ports(service, &service_plan.proxied);
+            remove_proxied_ports(service, &service_plan.proxied);
             let routes: Vec<Value> = service_plan
                 .proxied
                 .iter()
@@ -636,25 +796,25 @@ pub fn apply(
     }
 }
 
-/// Replaces each proxied port entry by `127.0.0.1::TARGET`: the container is reachable only
-/// by the proxy on loopback, on a port Docker picks.
-fn rewrite_ports(service: &mut serde_json::Map<String, Value>, proxied: &[ProxiedPort]) {
+/// Removes each proxied port entry: nothing is published on the host for it, so no
+/// `docker-proxy` or DNAT rule sits between dso-proxy and the container, and a replacement
+/// container (issue 5) needs no host port either. An emptied `ports:` is dropped.
+fn remove_proxied_ports(service: &mut serde_json::Map<String, Value>, proxied: &[ProxiedPort]) {
     let Some(Value::Array(items)) = service.get_mut("ports") else {
         return;
     };
-    for item in items.iter_mut() {
+    items.retain(|item| {
         let Some(spec) = project::parse_port(item) else {
-            continue;
+            return true;
         };
         let published = spec
             .published
             .as_deref()
             .and_then(|p| p.parse::<u16>().ok());
-        if spec.protocol == "tcp"
-            && let Some(port) = proxied.iter().find(|p| Some(p.published) == published)
-        {
-            *item = json!(format!("127.0.0.1::{}", port.target));
-        }
+        !(spec.protocol == "tcp" && proxied.iter().any(|p| Some(p.published) == published))
+    });
+    if items.is_empty() {
+        service.remove("ports");
     }
 }
 
@@ -725,37 +885,151 @@ mod tests {
         }
     }
 
+    fn port(listen: &str, published: u16, target: u16) -> ProxiedPort {
+        ProxiedPort {
+            listen: listen.into(),
+            published,
+            target,
+            route: format!("p.s.{published}"),
+        }
+    }
+
     #[test]
-    fn proxied_ports_are_rewritten_to_loopback_ephemeral() {
+    fn proxied_ports_are_removed_and_others_kept() {
         let mut service = json!({"ports": ["127.0.0.1:15432:5432/tcp", "9000:9000/udp",
             {"target": 80, "published": "8080", "protocol": "tcp"}, "7000:7000"]})
         .as_object()
         .unwrap()
         .clone();
         let proxied = [
-            ProxiedPort {
-                listen: "127.0.0.1:15432".into(),
-                published: 15432,
-                target: 5432,
-                route: "p.s.15432".into(),
-            },
-            ProxiedPort {
-                listen: "0.0.0.0:8080".into(),
-                published: 8080,
-                target: 80,
-                route: "p.s.8080".into(),
-            },
+            port("127.0.0.1:15432", 15432, 5432),
+            port("0.0.0.0:8080", 8080, 80),
         ];
-        rewrite_ports(&mut service, &proxied);
+        remove_proxied_ports(&mut service, &proxied);
+        assert_eq!(service["ports"], json!(["9000:9000/udp", "7000:7000"]));
+
+        let mut only = json!({"ports": ["127.0.0.1:15432:5432"]})
+            .as_object()
+            .unwrap()
+            .clone();
+        remove_proxied_ports(&mut only, &proxied[..1]);
+        assert!(only.get("ports").is_none(), "{only:?}");
+    }
+
+    #[test]
+    fn proxying_is_refused_without_an_address_of_its_own() {
+        let project = Project {
+            tool: super::super::tool::Tool::V2,
+            name: "p".into(),
+            directory: "/".into(),
+            options: Default::default(),
+            model: json!({"services": {}}),
+        };
+        for mode in ["host", "none", "container:abc", "service:db"] {
+            let service = json!({"network_mode": mode, "ports": ["127.0.0.1:15432:5432"]});
+            let mut problems = Vec::new();
+            let ports = proxied_ports(
+                &project,
+                "s",
+                service.as_object().unwrap(),
+                "true",
+                &mut problems,
+            );
+            assert!(ports.is_empty(), "{mode}");
+            assert_eq!(problems.len(), 1, "{mode}");
+            assert!(problems[0].reason.contains(mode), "{}", problems[0]);
+            assert!(problems[0].hint.is_some());
+        }
+        for mode in [None, Some("bridge"), Some("p_custom")] {
+            let mut service = json!({"ports": ["127.0.0.1:15432:5432"]});
+            if let Some(mode) = mode {
+                service["network_mode"] = json!(mode);
+            }
+            let mut problems = Vec::new();
+            let ports = proxied_ports(
+                &project,
+                "s",
+                service.as_object().unwrap(),
+                "true",
+                &mut problems,
+            );
+            assert!(problems.is_empty(), "{mode:?}: {problems:?}");
+            assert_eq!(ports, [port("127.0.0.1:15432", 15432, 5432)]);
+            assert_eq!(ports[0].route, "p.s.15432");
+        }
+    }
+
+    #[test]
+    fn references_outside_environment_are_found() {
+        let service = json!({
+            "command": ["serve", "--password=dso://db/pw", "plain"],
+            "entrypoint": "/bin/app dsofile://x/y",
+            "healthcheck": {"test": ["CMD", "check", "dso://h/c"]},
+            "labels": {"note": "dso://l/n", "dso.strategy": "rolling", "ok": "https://x"},
+            "environment": {"DSN": "pg://u:dso://t/a@h", "WHOLE": "dso://t/a", "X": null},
+        });
+        let found = misplaced_references(service.as_object().unwrap());
+        let places: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
-            service["ports"],
-            json!([
-                "127.0.0.1::5432",
-                "9000:9000/udp",
-                "127.0.0.1::80",
-                "7000:7000"
-            ])
+            places,
+            [
+                "command",
+                "entrypoint",
+                "healthcheck.test",
+                "environment.DSN",
+                "labels.note"
+            ]
         );
+        assert_eq!(found[0].1, "--password=dso://db/pw");
+        assert!(misplaced_references(json!({"command": "run"}).as_object().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn overlapping_listen_addresses_are_problems() {
+        let project = Project {
+            tool: super::super::tool::Tool::V2,
+            name: "p".into(),
+            directory: "/".into(),
+            options: Default::default(),
+            model: json!({"services": {
+                "a": {"ports": ["127.0.0.1:8080:80", "9000:9000"]},
+                "b": {"ports": ["8080:80", "[::1]:9000:9000"]},
+                "c": {"ports": ["127.0.0.2:7000:70"]},
+                "d": {"ports": ["127.0.0.3:7000:70", "127.0.0.1:9000:9000/udp"]},
+            }}),
+        };
+        let plan_of = |name: &str, proxied: Vec<ProxiedPort>| ServicePlan {
+            name: name.into(),
+            references: Vec::new(),
+            strategy: "restart".into(),
+            proxied,
+            secrets_dir: DEFAULT_SECRETS_DIR.into(),
+            owner: None,
+        };
+        let services = [
+            plan_of("a", vec![port("127.0.0.1:8080", 8080, 80)]),
+            plan_of("b", vec![port("[::1]:9000", 9000, 9000)]),
+            plan_of("c", vec![port("127.0.0.2:7000", 7000, 70)]),
+            plan_of("d", Vec::new()),
+        ];
+        let problems = listen_conflicts(&project, &services);
+        let reasons: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        // 8080: a's proxied 127.0.0.1 overlaps b's compose-published 0.0.0.0. 9000: a's
+        // 0.0.0.0 is IPv4, b's [::1] IPv6: no overlap. 7000: different addresses. udp ignored.
+        assert_eq!(
+            reasons,
+            [
+                "service a, ports: host address 127.0.0.1:8080 is also published by service b \
+              (0.0.0.0:8080) (hint: give each service its own host port)"
+            ]
+        );
+        let both = [
+            plan_of("a", vec![port("127.0.0.1:8080", 8080, 80)]),
+            plan_of("b", vec![port("0.0.0.0:8080", 8080, 80)]),
+        ];
+        let problems = listen_conflicts(&project, &both);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].reason.contains("proxied for service b"));
     }
 
     #[test]

@@ -140,6 +140,62 @@ impl Project {
             .as_object_mut()
     }
 
+    /// Removes the services whose `profiles:` are all inactive, as compose v2's `config`
+    /// already does and v1's does not: active are `--profile` values and `compose_profiles`
+    /// (the value of `COMPOSE_PROFILES`, a comma list), `*` activates all, and a service named in `named` (the service arguments
+    /// of `up`) is kept, as compose starts it anyway. Returns the removed names.
+    // LIMITATION: a COMPOSE_PROFILES set only in the project's `.env` is not seen with v1 —
+    // reading `.env` the way v1 does would lift it.
+    pub fn drop_inactive_profiles(
+        &mut self,
+        named: &[String],
+        compose_profiles: Option<&str>,
+    ) -> Vec<String> {
+        let mut active: Vec<String> = self.options.profiles.clone();
+        if let Some(list) = compose_profiles {
+            active.extend(list.split(',').map(|p| p.trim().to_owned()));
+        }
+        if active.iter().any(|p| p == "*") {
+            return Vec::new();
+        }
+        let Some(services) = self
+            .model
+            .get_mut("services")
+            .and_then(Value::as_object_mut)
+        else {
+            return Vec::new();
+        };
+        let inactive: Vec<String> = services
+            .iter()
+            .filter(|(name, service)| {
+                let Some(Value::Array(profiles)) = service.get("profiles") else {
+                    return false;
+                };
+                !profiles.is_empty()
+                    && !named.contains(name)
+                    && !profiles
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .any(|p| active.iter().any(|a| a == p))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &inactive {
+            services.remove(name);
+        }
+        inactive
+    }
+
+    /// The Docker name of the project's `default` network: `networks.default.name` when
+    /// `config` gives one (v2 always does; v1 only when the file sets it), else
+    /// `PROJECT_default`, the name both versions give it.
+    pub fn default_network(&self) -> String {
+        self.model
+            .pointer("/networks/default/name")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("{}_default", self.name), str::to_owned)
+    }
+
     /// A command that runs compose on this project with the project text on stdin:
     /// `-p NAME --project-directory DIR [--profile P].. [--env-file F] -f - ARGS`, in the
     /// project directory.
@@ -407,6 +463,39 @@ mod tests {
             service["environment"],
             json!({"A": "x=y", "B": null, "C": "z"})
         );
+    }
+
+    #[test]
+    fn inactive_profiles_are_dropped() {
+        let model = json!({"services": {
+            "always": {}, "empty": {"profiles": []}, "dbg": {"profiles": ["debug"]},
+            "tools": {"profiles": ["tools", "x"]}, "named": {"profiles": ["n"]}}});
+        let mut project = Project {
+            tool: Tool::V1,
+            name: "p".into(),
+            directory: "/".into(),
+            options: ProjectOptions {
+                profiles: vec!["x".into()],
+                ..ProjectOptions::default()
+            },
+            model,
+        };
+        let mut everything = Project {
+            tool: Tool::V1,
+            name: "p".into(),
+            directory: "/".into(),
+            options: ProjectOptions::default(),
+            model: project.model.clone(),
+        };
+        let removed = project.drop_inactive_profiles(&["named".into()], Some("y, z"));
+        assert_eq!(removed, ["dbg"]);
+        assert_eq!(
+            project.service_names(),
+            ["always", "empty", "named", "tools"]
+        );
+        let removed = everything.drop_inactive_profiles(&[], Some("debug"));
+        assert_eq!(removed, ["named", "tools"]);
+        assert!(everything.drop_inactive_profiles(&[], Some("*")).is_empty());
     }
 
     #[test]

@@ -79,6 +79,36 @@ pub fn route_name(project: &str, service: &str, published: u16) -> String {
     format!("{keep}.{hash}")
 }
 
+/// The upstream of one container for container port `target`: its address on
+/// `default_network` when it is attached there, else on the first of its networks in name
+/// order. `networks` is `NetworkSettings.Networks` of `docker inspect` (network name → settings
+/// with `IPAddress` and `GlobalIPv6Address`); IPv4 is preferred. Returns the network and the
+/// `IP:PORT` (`[IPv6]:PORT`), or `None` when the chosen network gives no address.
+pub fn container_upstream(
+    networks: &serde_json::Map<String, serde_json::Value>,
+    default_network: &str,
+    target: u16,
+) -> Option<(String, String)> {
+    let network = if networks.contains_key(default_network) {
+        default_network.to_owned()
+    } else {
+        networks.keys().min()?.clone()
+    };
+    let settings = &networks[&network];
+    let text = |key: &str| {
+        settings
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    let address = match (text("IPAddress"), text("GlobalIPv6Address")) {
+        (Some(v4), _) => format!("{v4}:{target}"),
+        (None, Some(v6)) => format!("[{v6}]:{target}"),
+        (None, None) => return None,
+    };
+    Some((network, address))
+}
+
 fn route_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
 }
@@ -168,10 +198,11 @@ impl Proxy {
     }
 
     /// Deletes a route (waits until its connections are gone); a missing route is fine.
-    pub fn delete_route(&self, name: &str) -> Result<(), ClientError> {
+    /// Returns whether the route existed.
+    pub fn delete_route(&self, name: &str) -> Result<bool, ClientError> {
         match self.runtime.block_on(self.client.delete_route(name)) {
-            Ok(_) => Ok(()),
-            Err(err) if err.status().is_some_and(|s| s.as_u16() == 404) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(err) if err.status().is_some_and(|s| s.as_u16() == 404) => Ok(false),
             Err(err) => Err(err),
         }
     }
@@ -187,12 +218,7 @@ pub fn stop_started_proxy(files: &ProxyFiles) -> Result<bool, ComposeError> {
     let Ok(pid) = text.trim().parse::<i32>() else {
         return Ok(false);
     };
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let is_proxy = cmdline
-        .split(|&b| b == 0)
-        .next()
-        .is_some_and(|arg0| arg0.ends_with(b"dso-proxy"));
-    if !is_proxy {
+    if !is_proxy(pid) {
         return Ok(false);
     }
     // SAFETY: kill has no memory preconditions; pid was checked to be a dso-proxy just now.
@@ -203,6 +229,31 @@ pub fn stop_started_proxy(files: &ProxyFiles) -> Result<bool, ComposeError> {
     }
     info!(pid, "proxy stopped");
     Ok(true)
+}
+
+/// After a proxy `up` started has died (killed, crashed): removes its pid file and its socket,
+/// so neither points at a process that is gone. A live `dso-proxy` is left alone. Returns
+/// whether anything was removed.
+pub fn forget_dead_proxy(files: &ProxyFiles) -> bool {
+    let Ok(text) = fs::read_to_string(&files.pid) else {
+        return false;
+    };
+    if text.trim().parse::<i32>().is_ok_and(is_proxy) {
+        return false;
+    }
+    let _ = fs::remove_file(&files.socket);
+    let _ = fs::remove_file(&files.pid);
+    info!(path = %files.pid.display(), "dead proxy forgotten");
+    true
+}
+
+/// True when `pid` runs a program named `dso-proxy`.
+fn is_proxy(pid: i32) -> bool {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cmdline
+        .split(|&b| b == 0)
+        .next()
+        .is_some_and(|arg0| arg0.ends_with(b"dso-proxy"))
 }
 
 fn proxy_binary() -> PathBuf {
@@ -228,5 +279,39 @@ mod tests {
         assert!(long.len() <= MAX_ROUTE_NAME, "{long}");
         assert!(long.starts_with(&format!("{}.", "p".repeat(40))));
         assert_ne!(long, route_name(&"p".repeat(50), &"t".repeat(20), 80));
+    }
+
+    #[test]
+    fn a_dead_proxy_is_forgotten_and_a_live_one_kept() {
+        let temp = tempfile::tempdir().unwrap();
+        let files = ProxyFiles::in_dir(temp.path());
+        fs::write(&files.socket, "").unwrap();
+        // This test process is alive but not a dso-proxy: its pid counts as dead.
+        fs::write(&files.pid, format!("{}\n", std::process::id())).unwrap();
+        assert!(forget_dead_proxy(&files));
+        assert!(!files.pid.exists() && !files.socket.exists());
+        assert!(!forget_dead_proxy(&files), "no pid file: nothing to do");
+    }
+
+    #[test]
+    fn upstreams_prefer_the_default_network_then_name_order() {
+        let networks = serde_json::json!({
+            "zeta": {"IPAddress": "172.30.0.2", "GlobalIPv6Address": ""},
+            "p_default": {"IPAddress": "172.31.0.5", "GlobalIPv6Address": "fd00::5"},
+            "alpha": {"IPAddress": "", "GlobalIPv6Address": "fd01::7"},
+        });
+        let networks = networks.as_object().unwrap();
+        assert_eq!(
+            container_upstream(networks, "p_default", 5432),
+            Some(("p_default".into(), "172.31.0.5:5432".into()))
+        );
+        // Not on the default network: the first name in order, IPv6 when it has only that.
+        assert_eq!(
+            container_upstream(networks, "other_default", 80),
+            Some(("alpha".into(), "[fd01::7]:80".into()))
+        );
+        let bare = serde_json::json!({"n": {"IPAddress": ""}});
+        assert_eq!(container_upstream(bare.as_object().unwrap(), "n", 80), None);
+        assert_eq!(container_upstream(&serde_json::Map::new(), "n", 80), None);
     }
 }
