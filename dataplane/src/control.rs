@@ -17,11 +17,12 @@ use hyper::header::{ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 use tokio::net::UnixListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, error, info};
 
 use crate::api::ErrorBody;
@@ -32,6 +33,12 @@ use crate::telemetry;
 const SOCKET_MODE: u32 = 0o660;
 /// Largest request body accepted.
 const BODY_MAX: usize = 64 * 1024;
+/// Control connections served at once; further clients wait in the socket backlog. Bounds
+/// the descriptors and tasks a client that opens connections and never sends can take.
+// LIMITATION: a local client allowed on the socket that floods it with silent connections
+// delays other control clients by up to (its connections / 64) × the control timeout — the
+// socket's 0660 mode is the defence [per-peer (SO_PEERCRED) quotas would lift it].
+const CONNECTIONS_MAX: usize = 64;
 
 /// Why the control socket could not be set up.
 #[derive(Debug, Error)]
@@ -188,7 +195,14 @@ pub async fn serve(mut socket: ControlSocket, proxy: Arc<Proxy>) {
         }
     };
     info!(path = %socket.path.display(), "control API listening");
+    let timeout = proxy.settings().control_timeout;
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
+        // Why a permit before accept: over the cap, clients wait in the backlog instead of
+        // each taking a descriptor from the data path.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
@@ -199,11 +213,17 @@ pub async fn serve(mut socket: ControlSocket, proxy: Arc<Proxy>) {
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(handle(&proxy, request).await) }
             });
+
+            // The header timeout also runs while a kept-alive connection waits for its next
+            // request, so an idle or slowloris client is disconnected and frees its slot.
             if let Err(err) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -233,9 +253,10 @@ async fn dispatch(
     match (method, segments.as_slice()) {
         (&Method::GET, ["v1", "health"]) => json(StatusCode::OK, &proxy.health()),
         (&Method::GET, ["metrics"]) => {
-            let text = telemetry::recorder()
+            let mut text = telemetry::recorder()
                 .map(|handle| handle.render())
                 .unwrap_or_default();
+            text.push_str(&proxy.active_metrics());
             Response::builder()
                 .header(CONTENT_TYPE, "text/plain; version=0.0.4")
                 .body(Full::new(Bytes::from(text)))
@@ -249,7 +270,13 @@ async fn dispatch(
         ),
         (&Method::GET, ["v1", "routes", name]) => outcome(proxy.route(name), StatusCode::OK),
         (&Method::PUT, ["v1", "routes", name]) => {
-            match read_json::<crate::api::RouteRequest>(request, false).await {
+            match read_json::<crate::api::RouteRequest>(
+                request,
+                false,
+                proxy.settings().control_timeout,
+            )
+            .await
+            {
                 Ok(body) => match proxy.put_route(name, &body).await {
                     Ok(change) => {
                         let status = if change.created {
@@ -268,13 +295,25 @@ async fn dispatch(
             outcome(proxy.delete_route(name).await, StatusCode::OK)
         }
         (&Method::POST, ["v1", "routes", name, "hold"]) => {
-            match read_json::<crate::api::HoldRequest>(request, true).await {
+            match read_json::<crate::api::HoldRequest>(
+                request,
+                true,
+                proxy.settings().control_timeout,
+            )
+            .await
+            {
                 Ok(body) => outcome(proxy.hold_route(name, &body).await, StatusCode::OK),
                 Err(response) => response,
             }
         }
         (&Method::POST, ["v1", "routes", name, "drain"]) => {
-            match read_json::<crate::api::DrainRequest>(request, true).await {
+            match read_json::<crate::api::DrainRequest>(
+                request,
+                true,
+                proxy.settings().control_timeout,
+            )
+            .await
+            {
                 Ok(body) => outcome(proxy.drain_route(name, &body).await, StatusCode::OK),
                 Err(response) => response,
             }
@@ -292,13 +331,26 @@ async fn dispatch(
     }
 }
 
-/// Reads and parses a JSON body; `empty_ok` lets an empty body stand for `{}`.
+/// Reads and parses a JSON body within `timeout`; `empty_ok` lets an empty body stand for
+/// `{}`.
 async fn read_json<T: DeserializeOwned + Default>(
     request: Request<Incoming>,
     empty_ok: bool,
+    timeout: std::time::Duration,
 ) -> Result<T, Response<Full<Bytes>>> {
     let what = format!("{} {}", request.method(), request.uri().path());
-    let body = match Limited::new(request.into_body(), BODY_MAX).collect().await {
+    let collect = Limited::new(request.into_body(), BODY_MAX).collect();
+    let Ok(collected) = tokio::time::timeout(timeout, collect).await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body of {what} did not arrive within {} ms",
+                timeout.as_millis()
+            ),
+            Some("send the whole body at once".into()),
+        ));
+    };
+    let body = match collected {
         Ok(body) => body.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
             return Err(error(

@@ -106,7 +106,11 @@ impl Shared {
         self.started.elapsed().saturating_sub(last)
     }
 
+    /// Records the end of stream from `from`. The linger is counted from this moment (or a
+    /// later read), not from the last byte before it: a connection that was quiet for longer
+    /// than the linger before the half-close must still get its reply.
     fn closed(&self, from: Side) {
+        self.touch();
         let code = if from == Side::Client { 1 } else { 2 };
         let _ = self
             .first_close
@@ -316,6 +320,12 @@ async fn splice_phase(dir: &Direction<'_>, shared: &Shared) -> Result<Phase, Fai
                     moved += n;
                     dir.counter.increment(n as u64);
                     dir.total.fetch_add(n as u64, Ordering::Relaxed);
+
+                    // Why: raw splice calls never return to the scheduler, so a stream whose
+                    // input never runs dry and whose output never fills would keep this
+                    // worker (the other direction of this connection, other connections,
+                    // the control API) waiting; this yields once the task's budget is spent.
+                    tokio::task::consume_budget().await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if dir.to.writable().await.is_err() {

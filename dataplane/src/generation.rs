@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use metrics::Gauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -37,7 +36,6 @@ pub(crate) struct Generation {
     ended: AtomicU64,
     /// Connections closed at the deadline.
     cut_count: AtomicU64,
-    gauge: Gauge,
     metrics: Arc<RouteMetrics>,
 }
 
@@ -51,7 +49,6 @@ impl Generation {
     pub(crate) fn new(route: Arc<str>, number: u64, metrics: Arc<RouteMetrics>) -> Arc<Self> {
         Arc::new(Generation {
             number,
-            gauge: metrics.active(number),
             route,
             active: watch::Sender::new(0),
             deadline: watch::Sender::new(None),
@@ -65,7 +62,6 @@ impl Generation {
     /// Counts a new connection in; the returned member counts it out when dropped.
     pub(crate) fn join(self: &Arc<Self>) -> Member {
         self.active.send_modify(|n| *n += 1);
-        self.gauge.increment(1.0);
         Member {
             generation: self.clone(),
             reason: None,
@@ -198,7 +194,6 @@ impl Drop for Member {
                 generation.metrics.drained_ended.increment(1);
             }
         }
-        generation.gauge.decrement(1.0);
         generation.active.send_modify(|n| *n = n.saturating_sub(1));
     }
 }

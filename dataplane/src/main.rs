@@ -94,6 +94,11 @@ struct Args {
         value_parser = clap::value_parser!(i32).range(1..=65_535))]
     backlog: i32,
 
+    /// Time a control client has to send a request's headers, then its body; slower clients
+    /// (and kept-alive connections idle this long) are disconnected.
+    #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = ms())]
+    control_timeout_ms: u64,
+
     /// Forwarding: auto (copy small reads, splice bulk), copy, or splice.
     #[arg(long, value_name = "MODE", default_value = "auto")]
     forwarding: ForwardMode,
@@ -138,6 +143,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    raise_fd_limit();
     match serve(plan) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -213,6 +219,7 @@ fn plan(args: Args) -> Result<Plan> {
         half_close_linger: ms(args.half_close_linger_ms),
         backlog: args.backlog,
         forward_mode: args.forwarding,
+        control_timeout: ms(args.control_timeout_ms),
     };
     Ok(Plan {
         routes,
@@ -220,6 +227,42 @@ fn plan(args: Args) -> Result<Plan> {
         settings,
         log,
     })
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit. Each proxied connection needs two
+/// descriptors (four while both directions splice), and shells and many service managers
+/// start programs with a soft limit of 1024, which would cap the proxy near 500 connections
+/// while `--max-connections` defaults to 16,384. Raising the soft limit up to the hard one
+/// needs no privilege. A failure only leaves the lower limit: logged, not fatal.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a valid, exclusively borrowed rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let soft = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads a valid rlimit; raising the soft limit to the hard one is
+    // always permitted.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        info!(
+            fd_limit.from = soft,
+            fd_limit.to = limit.rlim_max,
+            "raised the descriptor limit"
+        );
+    } else {
+        tracing::warn!(
+            fd_limit = soft,
+            error = %std::io::Error::last_os_error(),
+            "could not raise the descriptor limit"
+        );
+    }
 }
 
 /// Binds everything, runs until a signal, drains.

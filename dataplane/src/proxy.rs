@@ -174,6 +174,17 @@ impl Proxy {
         Ok(self.get(name)?.view())
     }
 
+    /// `dso_proxy_connections_active` for every live generation of every route, in the
+    /// Prometheus text format (see [`crate::telemetry::render_active`]).
+    pub fn active_metrics(&self) -> String {
+        let routes = self.all();
+        crate::telemetry::render_active(routes.iter().map(|route| {
+            let generations = route.generations();
+            let counts = generations.iter().map(|g| (g.number, g.active())).collect();
+            (&*route.name, counts)
+        }))
+    }
+
     pub fn health(&self) -> Health {
         let routes = self.all();
         Health {
@@ -207,7 +218,8 @@ impl Proxy {
         }
 
         if let Ok(route) = self.get(name) {
-            if route.listen != spec.listen {
+            // The address a port-0 route was given, or the one it got: both mean "unchanged".
+            if route.listen != spec.listen && route.local_addr != spec.listen {
                 return Err(RouteError::ListenChanged {
                     name: name.to_owned(),
                     current: route.listen,
@@ -225,13 +237,14 @@ impl Proxy {
             });
         }
 
-        // A new route: refuse an address another route holds before asking the kernel, so
-        // the message names the route.
+        // A new route: refuse an address another route holds (the same one, or the same port
+        // on the wildcard address of its family) before asking the kernel, so the message
+        // names the route.
         if spec.listen.port() != 0
             && let Some(other) = self
                 .all()
                 .into_iter()
-                .find(|r| r.listen == spec.listen || r.local_addr == spec.listen)
+                .find(|r| overlaps(r.local_addr, spec.listen))
         {
             return Err(RouteError::ListenConflict {
                 addr: spec.listen,
@@ -395,11 +408,42 @@ async fn finish_close(route: &Route, held_closed: u64) -> DrainReport {
     }
 }
 
+/// True when listening on `a` and on `b` cannot both succeed: same port and family, and the
+/// same IP or either one the wildcard (`0.0.0.0`, or `[::]` which is IPv6-only here).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Checks an optional millisecond field and turns it into a duration.
 fn check_ms(field: &'static str, value: Option<u64>) -> Result<Option<Duration>, RouteError> {
     match value {
         None => Ok(None),
         Some(ms) if (1..=MAX_MS).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
         Some(ms) => Err(RouteError::OutOfRange { field, value: ms }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn wildcard_and_specific_addresses_on_one_port_overlap() {
+        assert!(overlaps(addr("127.0.0.1:80"), addr("127.0.0.1:80")));
+        assert!(overlaps(addr("0.0.0.0:80"), addr("127.0.0.1:80")));
+        assert!(overlaps(addr("127.0.0.2:80"), addr("0.0.0.0:80")));
+        assert!(overlaps(addr("[::]:80"), addr("[::1]:80")));
+        assert!(!overlaps(addr("127.0.0.1:80"), addr("127.0.0.2:80")));
+        assert!(!overlaps(addr("0.0.0.0:80"), addr("0.0.0.0:81")));
+        assert!(
+            !overlaps(addr("[::]:80"), addr("0.0.0.0:80")),
+            "[::] is IPv6-only"
+        );
     }
 }

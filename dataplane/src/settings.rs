@@ -20,6 +20,8 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(60);
 /// Default listen backlog (the kernel caps it at net.core.somaxconn).
 pub const BACKLOG: i32 = 4096;
+/// Default time a control client has to send a request's headers, and then its body.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest accepted value for any millisecond setting: one day.
 pub const MAX_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -65,6 +67,9 @@ pub struct Settings {
     pub half_close_linger: Duration,
     pub backlog: i32,
     pub forward_mode: ForwardMode,
+    /// Time a control client has to send a request's headers (counted from the connection or
+    /// the previous response), and then again its body; a slower client is disconnected.
+    pub control_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -80,6 +85,7 @@ impl Default for Settings {
             half_close_linger: HALF_CLOSE_LINGER,
             backlog: BACKLOG,
             forward_mode: ForwardMode::Auto,
+            control_timeout: CONTROL_TIMEOUT,
         }
     }
 }

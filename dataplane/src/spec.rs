@@ -24,7 +24,8 @@ pub struct RouteSpec {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SpecError {
     #[error(
-        "route name {name:?} is not valid: use 1 to {NAME_MAX} characters from A-Z a-z 0-9 . _ -"
+        "route name {name:?} is not valid: use 1 to {NAME_MAX} characters from A-Z a-z 0-9 . _ -, \
+         starting with a letter or digit"
     )]
     Name { name: String },
     #[error("{what} address {text:?} is not IP:PORT (IPv6 as [ADDR]:PORT)")]
@@ -79,9 +80,14 @@ impl RouteSpec {
     }
 }
 
-/// Checks a route name: it appears in URLs, metric labels and log lines.
+/// Checks a route name: it appears in URLs, metric labels and log lines. The first character
+/// is a letter or digit so that no name is a URL dot segment (`.` and `..` are removed from
+/// paths by many HTTP clients, so such a route could not be addressed).
 pub fn check_name(name: &str) -> Result<(), SpecError> {
-    let valid = !name.is_empty()
+    let valid = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
         && name.len() <= NAME_MAX
         && name
             .bytes()
@@ -178,6 +184,13 @@ mod tests {
     fn names_are_url_and_label_safe() {
         assert!(check_name("pg-main_1.v2").is_ok());
         for bad in ["", "a/b", "a b", "ü", &"x".repeat(NAME_MAX + 1)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_that_are_url_dot_segments_are_refused() {
+        for bad in [".", "..", "-", "_a", ".hidden"] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -4,6 +4,7 @@
 //! Hot-path counters are resolved to handles once per route ([`RouteMetrics`]): incrementing
 //! a handle is one atomic add, while `counter!` with labels hashes its key on every call.
 
+use std::fmt::Write;
 use std::sync::OnceLock;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -66,7 +67,36 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Renders `dso_proxy_connections_active{route, generation}` from the live generations of
+/// every route: `(route, [(generation, active)])`.
+///
+/// Why not a gauge in the recorder: every swap adds a generation, and the recorder keeps a
+/// series for every label value it ever saw (it has no per-series removal), so 1,000 swaps
+/// would leave 1,000 series at 0 forever. Rendered from the routes, the series are exactly
+/// the generations a route still lists (current, draining, and the few kept after draining),
+/// and a deleted route's series disappear with it.
+pub fn render_active<'a>(routes: impl IntoIterator<Item = (&'a str, Vec<(u64, u64)>)>) -> String {
+    let mut text = format!(
+        "# HELP {CONNECTIONS_ACTIVE} Open client connections by route and generation.\n\
+         # TYPE {CONNECTIONS_ACTIVE} gauge\n"
+    );
+    for (route, generations) in routes {
+        for (generation, active) in generations {
+            // Route names are checked to [A-Za-z0-9._-], so they need no label escaping.
+            let _ = writeln!(
+                text,
+                "{CONNECTIONS_ACTIVE}{{route=\"{route}\",generation=\"{generation}\"}} {active}"
+            );
+        }
+    }
+    text.push('\n');
+    text
+}
+
 /// Pre-resolved metric handles of one route.
+// LIMITATION: the series of a deleted route stay at their last values — the recorder has no
+// per-series removal; they are bounded by the distinct route names ever used [a recorder with
+// removal, or rendering these from route state like the active gauge, would lift it].
 pub(crate) struct RouteMetrics {
     route: String,
     pub(crate) accepted: Counter,
@@ -109,15 +139,6 @@ impl RouteMetrics {
         // INVARIANT: `EndReason::ALL` lists the variants in declaration order (tested in
         // `end`), so the discriminant is the index.
         &self.ended[reason as usize]
-    }
-
-    /// The gauge of open connections of one generation.
-    // LIMITATION: every generation adds a `generation` label value that the exporter keeps
-    // (at 0) after the generation drained, so series grow by one per swap — the exporter has
-    // no per-series removal [a recorder that drops drained generations would lift it].
-    pub(crate) fn active(&self, generation: u64) -> Gauge {
-        let generation = generation.to_string();
-        gauge!(CONNECTIONS_ACTIVE, "route" => self.route.clone(), "generation" => generation)
     }
 
     /// Counts a failed upstream connect attempt by kind (refused, timeout, unreachable, ...).

@@ -225,3 +225,42 @@ async fn single_route_flags_forward() {
     let mut stream = BufReader::new(TcpStream::connect(&view.local_addr).await.unwrap());
     assert_eq!(ask(&mut stream, "x").await.unwrap(), "x one");
 }
+
+/// Started with a low soft descriptor limit (as from a shell: 1024 or less), the proxy raises
+/// it to the hard limit, so the default connection cap is not silently cut to a few hundred.
+#[tokio::test]
+async fn soft_descriptor_limit_is_raised_to_the_hard_limit() {
+    const SOFT: u64 = 256;
+    const HARD: u64 = 4096;
+    let proxy = ProxyProcess::start_with(&[], |command| {
+        // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limits.
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: SOFT,
+                    rlim_max: HARD,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                Ok(())
+            });
+        }
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("Max open files line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        open_files[3..5],
+        [HARD.to_string(), HARD.to_string()],
+        "{limits}"
+    );
+    assert!(
+        proxy.stderr().contains("raised the descriptor limit"),
+        "{}",
+        proxy.stderr()
+    );
+}

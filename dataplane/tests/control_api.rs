@@ -445,3 +445,125 @@ async fn metrics_are_served_and_documented() {
         );
     }
 }
+
+/// A wildcard address on a port another route holds is refused naming that route, and a
+/// route created on port 0 may be PUT again with the address it got (that is no change).
+#[tokio::test]
+async fn wildcard_overlap_names_the_route_and_bound_address_is_no_change() {
+    let server = Server::echo().await;
+    let proxy = ProxyProcess::start(&[]).await;
+    let client = &proxy.client;
+    let bound = proxy.put("zero", "127.0.0.1:0", &[server.addr]).await;
+    let request = |listen: String| RouteRequest {
+        listen,
+        upstreams: vec![server.addr.to_string()],
+        drain_timeout_ms: None,
+    };
+
+    let err = client
+        .put_route("any", &request(format!("0.0.0.0:{}", bound.port())))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::CONFLICT), "{err}");
+    assert!(err.to_string().contains("route \"zero\""), "{err}");
+
+    let change = client
+        .put_route("zero", &request(bound.to_string()))
+        .await
+        .expect("PUT with the bound address");
+    assert!(!change.created && !change.swapped, "{change:?}");
+    assert_eq!(change.route.local_addr, bound.to_string());
+    assert_eq!(client.routes().await.unwrap().len(), 1);
+}
+
+/// 1,000 swaps leave the metrics output bounded: the active-connection series are the
+/// generations a route still lists, not one per generation ever created.
+#[tokio::test]
+async fn swap_storm_does_not_grow_metric_series() {
+    let a = Server::echo().await;
+    let b = Server::echo().await;
+    let proxy = ProxyProcess::start(&[]).await;
+    proxy.put("storm", "127.0.0.1:0", &[a.addr]).await;
+    let series = |text: &str| {
+        text.lines()
+            .filter(|line| line.starts_with("dso_proxy_connections_active{"))
+            .count()
+    };
+    for round in 0..1000u64 {
+        let upstream = if round % 2 == 0 { b.addr } else { a.addr };
+        proxy
+            .put_with_drain("storm", "127.0.0.1:0", &[upstream], Some(1))
+            .await;
+    }
+    let view = proxy.client.route("storm").await.unwrap();
+    assert_eq!(view.generation, 1001);
+
+    let text = proxy.client.metrics().await.unwrap();
+    assert_eq!(series(&text), view.generations.len(), "{text}");
+    assert!(series(&text) <= 9, "{} active series", series(&text));
+    assert!(
+        text.contains("dso_proxy_connections_active{route=\"storm\",generation=\"1001\"} 0"),
+        "{text}"
+    );
+
+    proxy.client.delete_route("storm").await.unwrap();
+    let text = proxy.client.metrics().await.unwrap();
+    assert_eq!(series(&text), 0, "a deleted route keeps series:\n{text}");
+}
+
+/// A control client that connects and never sends, or sends half a request, is disconnected
+/// after the control timeout, and while it waits other control clients and the data path are
+/// served.
+#[tokio::test]
+async fn silent_control_clients_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::tagged("A").await;
+    let proxy = ProxyProcess::start(&["--control-timeout-ms", "300"]).await;
+    let listen = proxy.put("ctl", "127.0.0.1:0", &[server.addr]).await;
+
+    // More silent clients than the proxy serves at once.
+    let mut silent = Vec::new();
+    for index in 0..100 {
+        let mut stream = tokio::net::UnixStream::connect(&proxy.control)
+            .await
+            .unwrap();
+        if index % 2 == 1 {
+            stream
+                .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        silent.push(stream);
+    }
+    let mut stream = BufReader::new(TcpStream::connect(listen).await.unwrap());
+    assert_eq!(ask(&mut stream, "1").await.unwrap(), "1 A");
+    proxy
+        .client
+        .health()
+        .await
+        .expect("health while silent clients wait");
+
+    // Every silent client is closed by the proxy (end of stream, or a 408 then end).
+    for stream in &mut silent {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(support::WAIT, stream.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "silent client not closed: {read:?}"
+        );
+    }
+
+    // A body that never completes gets 408.
+    let mut slow = tokio::net::UnixStream::connect(&proxy.control)
+        .await
+        .unwrap();
+    slow.write_all(b"PUT /v1/routes/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(support::WAIT, slow.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 300 ms"), "{answer}");
+}

@@ -197,3 +197,44 @@ async fn server_close_first_delivers_all_then_eof() {
     })
     .await;
 }
+
+/// The half-close linger counts from the half-close, not from the last byte before it: a
+/// connection that was quiet for longer than the linger, then half-closed by the client, still
+/// delivers the server's answer to that end of stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_after_quiet_period_still_gets_reply() {
+    const LINGER_MS: u64 = 300;
+    // The server answers the client's end of stream after a short think, well within the
+    // linger, then closes.
+    let server = Server::start(|mut stream| async move {
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink).await;
+        tokio::time::sleep(std::time::Duration::from_millis(LINGER_MS / 3)).await;
+        let _ = stream.write_all(b"goodbye").await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let linger = LINGER_MS.to_string();
+    let proxy = ProxyProcess::start(&["--half-close-linger-ms", &linger]).await;
+    let listen = proxy.put("quiet", "127.0.0.1:0", &[server.addr]).await;
+
+    let mut stream = TcpStream::connect(listen).await.unwrap();
+    stream.write_all(b"hello").await.unwrap();
+    // The quiet period is the condition under test, not an ordering wait.
+    tokio::time::sleep(std::time::Duration::from_millis(LINGER_MS * 3)).await;
+    stream.shutdown().await.unwrap();
+
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"goodbye", "the reply to the half-close was cut");
+    support::wait_until("client_closed end reason", || async {
+        proxy
+            .metric(
+                "dso_proxy_connections_ended_total",
+                &["reason=\"client_closed\""],
+            )
+            .await
+            == 1.0
+    })
+    .await;
+}
