@@ -20,7 +20,8 @@ Environment:
   DSO_COMPOSE     compose program for up/down/plan/compose: v1, v2 or auto (default)
   DSO_RUNTIME_DIR runtime directory on a tmpfs (default /run/dso as root, else
                   $XDG_RUNTIME_DIR/dso): secret files, proxy socket
-  DSO_PROXY_BIN   dso-proxy binary that `up` starts (default: next to docker-dso, or PATH)";
+  DSO_PROXY_BIN   dso-proxy binary that `up` starts (default: next to docker-dso, or PATH)
+  DSO_AGENT_BIN   dso-agent binary that `up` and `agent start` start (same default)";
 
 /// `docker dso`: secrets from secret stores into Docker Compose containers.
 #[derive(Debug, Parser)]
@@ -91,6 +92,19 @@ pub enum Command {
 
     /// Any compose command on the resolved project: `docker dso compose [OPTIONS] COMMAND ..`
     Compose(RawArgs),
+
+    /// Start, stop or show the background agent (dso-agent) of this user
+    #[command(subcommand)]
+    Agent(AgentCommand),
+
+    /// Agent, proxy, managed services, watched secrets and pending work
+    Status(StatusArgs),
+
+    /// Follow the agent's events live (rotation steps, swaps, drains, errors)
+    Watch,
+
+    /// Rotate a managed service now, or every service using a secret
+    Rotate(RotateArgs),
 
     /// Print the version
     Version,
@@ -207,6 +221,39 @@ pub enum SetupMode {
     Local,
 }
 
+/// `agent …`.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Start `dso-agent run` in the background unless one answers (log: RUNTIME/agent.log)
+    Start,
+    /// Stop the agent of RUNTIME/agent.pid (SIGTERM) and wait until it exited
+    Stop,
+    /// Whether the agent runs, with its pid, sockets and readiness
+    Status,
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status again every 2 seconds until interrupted
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// `rotate`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["service", "secret"])))]
+pub struct RotateArgs {
+    /// The service, as PROJECT/SERVICE (or SERVICE when one project has it)
+    pub service: Option<String>,
+    /// Rotate every service that uses this secret (path or reference)
+    #[arg(long, value_name = "NAME")]
+    pub secret: Option<String>,
+    /// Return once the rotation is queued instead of waiting for its result
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
 /// `config …`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -321,6 +368,49 @@ mod tests {
         assert!(rest.is_empty());
         let (_, rest) = split_raw(&argv(&["docker-dso", "up", "-d", "--json"]));
         assert_eq!(rest, argv(&["-d", "--json"]));
+    }
+
+    #[test]
+    fn agent_commands_and_flags() {
+        assert!(matches!(
+            parse(&["agent", "start"]).unwrap().command,
+            Command::Agent(AgentCommand::Start)
+        ));
+        assert!(matches!(
+            parse(&["agent", "stop"]).unwrap().command,
+            Command::Agent(AgentCommand::Stop)
+        ));
+        assert!(matches!(
+            parse(&["status", "--watch", "--json"]).unwrap().command,
+            Command::Status(StatusArgs { watch: true })
+        ));
+        assert!(matches!(parse(&["watch"]).unwrap().command, Command::Watch));
+        match parse(&["rotate", "shop/web"]).unwrap().command {
+            Command::Rotate(args) => {
+                assert_eq!(args.service.as_deref(), Some("shop/web"));
+                assert!(!args.no_wait);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["rotate", "--secret", "shop/db", "--no-wait"])
+            .unwrap()
+            .command
+        {
+            Command::Rotate(args) => {
+                assert_eq!(args.secret.as_deref(), Some("shop/db"));
+                assert!(args.no_wait && args.service.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse(&["rotate"]).unwrap_err().exit_code(),
+            2,
+            "names nothing"
+        );
+        assert!(
+            parse(&["rotate", "a/b", "--secret", "x"]).is_err(),
+            "names both"
+        );
     }
 
     #[test]

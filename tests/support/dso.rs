@@ -86,6 +86,9 @@ pub struct Home {
     key: String,
     pub runtime: PathBuf,
     pub compose: Compose,
+    /// Whether `up` may start an agent; off by default so tests that do not test the agent
+    /// pass `--no-agent` and start none.
+    pub agent_on_up: bool,
     docker_dso: PathBuf,
 }
 
@@ -107,6 +110,7 @@ impl Home {
             key,
             runtime,
             compose,
+            agent_on_up: false,
             docker_dso,
         };
         std::fs::create_dir(home.dso_home())?;
@@ -164,6 +168,8 @@ impl Home {
 
 impl Drop for Home {
     fn drop(&mut self) {
+        // An agent started in our runtime dir: stop it first (it would restart the proxy).
+        stop_pid_file(&self.runtime.join("agent.pid"));
         // A proxy `up` started in our runtime dir: stop it by its recorded pid.
         if let Ok(pid) = std::fs::read_to_string(self.runtime.join("proxy.pid")) {
             let _ = Command::new("kill").arg(pid.trim()).status();
@@ -220,6 +226,9 @@ impl<'a> Project<'a> {
     /// `docker-dso SUBCOMMAND -f FILE -p NAME ARGS`.
     pub fn run(&self, subcommand: &str, args: &[&str]) -> Result<Output> {
         let mut command = self.home.command([subcommand]);
+        if subcommand == "up" && !self.home.agent_on_up {
+            command.arg("--no-agent");
+        }
         command
             .arg("-f")
             .arg(&self.file)
@@ -308,6 +317,29 @@ pub fn container_env(container: &str, name: &str) -> Result<Vec<u8>> {
         .output()?;
     docker::check(&format!("docker exec {container} printf {name}"), &out)?;
     Ok(out.stdout)
+}
+
+/// Sends SIGTERM to the pid in `path` and waits (up to 20 s) until that process is gone.
+pub fn stop_pid_file(path: &Path) {
+    let Some(pid) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty()
+            || stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'))
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Random bytes for keys and sentinels.

@@ -9,7 +9,9 @@
     reason = "each test binary uses a different subset of the support layer"
 )]
 
+pub mod agent;
 pub mod docker;
 pub mod dso;
 pub mod http;
 pub mod images;
+pub mod rotation_agent;

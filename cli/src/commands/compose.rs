@@ -31,11 +31,26 @@ use crate::output::Output;
 /// Compose subcommands that create containers and therefore get the resolved project.
 const RESOLVING: &[&str] = &["up", "create", "run"];
 
-/// `up`.
+/// `up`. Afterwards, unless `--no-agent` (a dso option, removed before compose sees the
+/// arguments), a user-level agent is started when none answers and a `dso.yaml` exists.
 pub fn up(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::Result<()> {
-    let invocation = Invocation::parse(raw, false)?;
+    let no_agent = raw.iter().any(|a| a == "--no-agent");
+    let raw: Vec<OsString> = raw.iter().filter(|a| *a != "--no-agent").cloned().collect();
+    let invocation = Invocation::parse(&raw, false)?;
     let dry_run = invocation.dry_run;
-    run_resolved(out, config, invocation, "up", dry_run)
+    run_resolved(out, config, invocation, "up", dry_run)?;
+    if !dry_run && !no_agent {
+        // The project is up either way: an agent that cannot start is a warning, not a failure.
+        match super::agent::ensure_running(config) {
+            Ok(Some(line)) => out.note(&line)?,
+            Ok(None) => {}
+            Err(err) => eprintln!(
+                "docker-dso: warning: the agent could not be started: {err:#}\nhint: see \
+                 `docker dso agent start`; secrets are not watched until an agent runs"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// `plan` (the same as `up --dry-run`).
@@ -192,6 +207,7 @@ fn run_resolved(
 
     // 4. Compose with the resolved project on stdin.
     plan::apply(&plan, &mut project, &generations);
+    label_owner(&plan, &mut project);
     let mut args = vec![OsString::from(subcommand)];
     args.extend(invocation.rest.iter().cloned());
     if let Err(err) = run_compose(&project, &args, subcommand) {
@@ -223,6 +239,26 @@ fn run_resolved(
         ),
     )?;
     Ok(())
+}
+
+/// Labels each managed service with this user's runtime directory, so only the agent of that
+/// directory manages its containers (several agents may share one Docker daemon).
+fn label_owner(plan: &Plan, project: &mut Project) {
+    let Ok(runtime) = files::runtime_dir() else {
+        return;
+    };
+    let value = runtime.display().to_string();
+    for service in plan.services.iter().filter(|s| s.is_managed()) {
+        if let Some(model) = project.service_mut(&service.name) {
+            crate::compose::project::add_labels(
+                model,
+                vec![(
+                    controlplane::agent::owner::RUNTIME_LABEL.to_owned(),
+                    value.clone(),
+                )],
+            );
+        }
+    }
 }
 
 /// Runs `compose down`, then deletes the project's routes (stopping a proxy `up` started once

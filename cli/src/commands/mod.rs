@@ -3,6 +3,7 @@
 //! anyhow with `.context()` naming what was being attempted; library errors keep their own
 //! types inside the chain so `main` can find their hints.
 
+mod agent;
 mod compose;
 mod config;
 mod setup;
@@ -31,6 +32,14 @@ pub enum CommandError {
         /// How many problems.
         count: usize,
     },
+
+    /// A request to the agent failed.
+    #[error(transparent)]
+    Agent(controlplane::ipc::client::IpcClientError),
+
+    /// `agent start` without a configuration file.
+    #[error("no dso.yaml found; the agent needs one")]
+    NoAgentConfig,
 }
 
 impl CommandError {
@@ -39,6 +48,10 @@ impl CommandError {
         match self {
             Self::ConfigExists { .. } => Some("pass --force to replace it".into()),
             Self::ConfigInvalid { .. } => Some("see docs/configuration.md for every key".into()),
+            Self::Agent(err) => err.hint(),
+            Self::NoAgentConfig => {
+                Some("write one with `docker dso setup --mode local`, or pass --config".into())
+            }
         }
     }
 }
@@ -58,6 +71,10 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Down(raw) => compose::down(out, &raw.args),
         Command::Plan(raw) => compose::plan(out, cli.config.as_deref(), &raw.args),
         Command::Compose(raw) => compose::compose(out, cli.config.as_deref(), &raw.args),
+        Command::Agent(command) => agent::agent(out, cli.config.as_deref(), command),
+        Command::Status(args) => agent::status(out, cli.config.as_deref(), args),
+        Command::Watch => agent::watch(out, cli.config.as_deref()),
+        Command::Rotate(args) => agent::rotate(out, cli.config.as_deref(), args),
         Command::Version => {
             let version = env!("CARGO_PKG_VERSION");
             out.data(&serde_json::json!({ "version": version }), |w| {

@@ -1,0 +1,173 @@
+//! HTTP pieces both surfaces share (REST on TCP, IPC on a unix socket): JSON and text
+//! responses, bounded JSON request bodies, the server-sent event stream of the event channel,
+//! and a constant-time comparison for bearer tokens.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::events::{Event, EventSender};
+
+/// The body type of every response.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest request body accepted.
+pub const BODY_MAX: usize = 64 * 1024;
+
+/// Comment line sent on an idle event stream so proxies and clients see it alive.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut text = serde_json::to_vec(value).unwrap_or_default();
+    text.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(text)).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+/// `{"error": message}` with a status.
+pub fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+/// Reads a JSON body of at most [`BODY_MAX`] bytes; the error is a ready 400/413 response.
+pub async fn read_json<T: DeserializeOwned>(
+    request: Request<Incoming>,
+) -> Result<T, Box<Response<Body>>> {
+    let bytes = match Limited::new(request.into_body(), BODY_MAX).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return Err(Box::new(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is larger than {BODY_MAX} bytes or could not be read"),
+            )));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|err| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not valid: {err}"),
+        ))
+    })
+}
+
+/// A `text/event-stream` response that follows the event channel until the client leaves.
+/// Each event is `event: TYPE` plus `data: JSON`; a subscriber that falls behind gets a
+/// `: lagged N` comment for the events it lost.
+pub fn event_stream(events: &EventSender) -> Response<Body> {
+    let mut receiver = events.subscribe();
+    let (sender, body) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let _ = sender.send(Bytes::from_static(b": dso events\n\n")).await;
+        loop {
+            let frame = tokio::select! {
+                received = receiver.recv() => match received {
+                    Ok(event) => Bytes::from(sse_frame(&event)),
+                    Err(broadcast::error::RecvError::Lagged(lost)) => {
+                        Bytes::from(format!(": lagged {lost}\n\n"))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keepalive\n\n"),
+                () = sender.closed() => return,
+            };
+            if sender.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "text/event-stream")
+        .header(CACHE_CONTROL, "no-store")
+        .body(ChannelBody(body).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+/// One event as a server-sent event frame.
+pub fn sse_frame(event: &Event) -> String {
+    let data = serde_json::to_value(event).unwrap_or_default();
+    let kind = data
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("event")
+        .to_owned();
+    format!("event: {kind}\ndata: {data}\n\n")
+}
+
+/// A response body fed from a channel.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|next| next.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths, so a caller cannot
+/// learn a token byte by byte from response times.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u64;
+    let longest = a.len().max(b.len());
+    for i in 0..longest {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= u64::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"abcdef0123456789", b"abcdef0123456789"));
+        assert!(!constant_time_eq(b"abcdef0123456789", b"abcdef012345678"));
+        assert!(!constant_time_eq(b"abcdef0123456789", b"abcdef0123456780"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn events_become_typed_sse_frames() {
+        let frame = sse_frame(&Event::RouteHeld {
+            route: "p.s.80".into(),
+        });
+        assert_eq!(
+            frame,
+            "event: route_held\ndata: {\"route\":\"p.s.80\",\"type\":\"route_held\"}\n\n"
+        );
+    }
+}
