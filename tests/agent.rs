@@ -534,3 +534,72 @@ fn a_restarted_container_gets_its_route_back() -> Result<()> {
     );
     Ok(())
 }
+
+/// Secret files lost from the tmpfs (a reboot) come back: a container started without them is
+/// given them and restarted so it loads them, and an agent that starts next to a stopped
+/// container writes them before the container's next start.
+#[test]
+fn lost_secret_files_are_written_again() -> Result<()> {
+    ensure_daemon()?;
+    let home = Home::new(Compose::V2)?;
+    let app = images::app_image()?;
+    let value = rand_bytes()?;
+    home.set_secret("t/f", &value)?;
+    let port = agent::free_port()?;
+    let body = format!(
+        "    image: {app}\n    environment:\n      APP_SECRET_FILE: dsofile://t/f\n    ports:\n      \
+         - \"127.0.0.1:{port}:8080\"\n    stop_grace_period: 1s\n    labels:\n      \
+         dso.host_ports: \"true\"\n      dso.strategy: rolling\n"
+    );
+    let project = Project::new(&home, &[("web", &body)])?;
+    project.run_ok("up", &["-d", "--no-agent"])?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let want = format!("file={}", app_fingerprint(&value));
+    let serves = |what: &str| {
+        wait_for(what, Duration::from_secs(30), || {
+            let response = http::get(addr, "/secret-version").ok()?;
+            response.text().contains(&want).then_some(())
+        })
+    };
+    serves("the file's fingerprint after up")?;
+    let config = agent::write_config(&home, "5s")?;
+    agent::start(&home, &config)?;
+    let container = project.container("web")?;
+    let dir = support::docker::docker([
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"dso.files.dir\"}}",
+        &container,
+    ])?;
+    let dir = std::path::PathBuf::from(dir.trim());
+    ensure!(dir.join("APP_SECRET_FILE").is_file(), "{}", dir.display());
+
+    // 1. Lost while stopped, then `docker start`: Docker recreates the bind source empty and
+    //    the app starts without its file; the agent writes it and restarts the container.
+    support::docker::docker(["stop", "-t", "2", &container])?;
+    std::fs::remove_dir_all(&dir)?;
+    support::docker::docker(["start", &container])?;
+    serves("the file's fingerprint after a start without the file")?;
+    ensure!(dir.join("APP_SECRET_FILE").is_file());
+    ensure!(
+        agent::log(&home).contains("started without its secret files"),
+        "no restart for the missing file in the log"
+    );
+
+    // 2. Lost while neither the agent nor the container ran: the agent's start writes it.
+    agent::dso_ok(&home, &["agent", "stop"])?;
+    support::docker::docker(["stop", "-t", "2", &container])?;
+    std::fs::remove_dir_all(&dir)?;
+    agent::start(&home, &config)?;
+    ensure!(
+        dir.join("APP_SECRET_FILE").is_file(),
+        "the agent's start did not write the lost file"
+    );
+    support::docker::docker(["start", &container])?;
+    serves("the file's fingerprint after a start with the rewritten file")?;
+    ensure!(
+        std::fs::read(dir.join("APP_SECRET_FILE"))? == value,
+        "the rewritten file differs"
+    );
+    Ok(())
+}

@@ -727,7 +727,9 @@ fn compose_features_behind_the_proxy_v2() -> Result<()> {
 /// What a hostile compose file gets refused for, all at once and before anything exists:
 /// references in `command`, a label and inside a longer environment value; one host address
 /// for two proxied services; `dso.host_ports` with `network_mode: host`; a listen address
-/// another process holds. `plan --json` reports the same and parses; no value anywhere.
+/// another process holds; `dso.strategy: signal` with an environment reference (a file
+/// reference of the same service is fine). `plan --json` reports the same and parses; no value
+/// anywhere.
 #[test]
 fn hostile_projects_are_refused_before_anything_exists_v1() -> Result<()> {
     ensure_daemon()?;
@@ -757,7 +759,14 @@ fn hostile_projects_are_refused_before_anything_exists_v1() -> Result<()> {
         "    image: {app}\n    ports:\n      - \"127.0.0.1:{held}:8080\"\n    labels:\n      \
          dso.host_ports: \"true\"\n"
     );
-    let project = Project::new(&home, &[("a", &a), ("b", &b), ("c", &c), ("d", &d)])?;
+    let e = format!(
+        "    image: {app}\n    environment:\n      TOKEN: dso://t/a\n      TOKEN_FILE: \
+         dsofile://t/a\n    labels:\n      dso.strategy: signal\n"
+    );
+    let project = Project::new(
+        &home,
+        &[("a", &a), ("b", &b), ("c", &c), ("d", &d), ("e", &e)],
+    )?;
 
     let expected = [
         "service a, command = dso://t/a".to_owned(),
@@ -766,6 +775,7 @@ fn hostile_projects_are_refused_before_anything_exists_v1() -> Result<()> {
         format!("service a, ports: host address 127.0.0.1:{shared} is also proxied for service b"),
         "service c, dso.host_ports: network_mode \"host\"".to_owned(),
         format!("service d, ports: cannot listen on 127.0.0.1:{held}"),
+        "service e, TOKEN = dso://t/a: strategy signal cannot deliver".to_owned(),
     ];
     let out = project.run("up", &["-d"])?;
     let text = stderr(&out);
@@ -777,7 +787,7 @@ fn hostile_projects_are_refused_before_anything_exists_v1() -> Result<()> {
             .with_context(|| format!("no problem line `{line}` in:\n{text}"))?;
         ensure!(found.contains("hint:"), "no hint: {found}");
     }
-    ensure!(text.contains("6 problems"), "{text}");
+    ensure!(text.contains("7 problems"), "{text}");
     ensure!(!text.contains(&sentinel) && !String::from_utf8_lossy(&out.stdout).contains(&sentinel));
     ensure!(project.containers()?.is_empty(), "a container was created");
     ensure!(
@@ -790,7 +800,7 @@ fn hostile_projects_are_refused_before_anything_exists_v1() -> Result<()> {
     let stdout = String::from_utf8(out.stdout.clone())?;
     ensure!(!stdout.contains(&sentinel) && !stderr(&out).contains(&sentinel));
     let plan: serde_json::Value = serde_json::from_str(&stdout)?;
-    ensure!(plan["problems"] == 6, "{plan}");
+    ensure!(plan["problems"] == 7, "{plan}");
     ensure!(project.containers()?.is_empty());
     drop(holder);
     Ok(())

@@ -324,3 +324,31 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(!stderr(&out).is_empty(), "expected -vv logs");
     assert!(!stderr(&out).contains('\u{1b}'), "{:?}", stderr(&out));
 }
+
+/// `up`, `down`, `plan` and `compose` answer `--help` themselves, without running compose (in
+/// a directory with no compose file, where compose would fail).
+#[test]
+fn compose_commands_answer_help_without_compose() {
+    let sandbox = Sandbox::new();
+    for args in [
+        &["up", "--help"][..],
+        &["up", "-d", "-h"],
+        &["down", "--help"],
+        &["plan", "--help"],
+        &["compose", "--help"],
+    ] {
+        let out = sandbox.run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains("goes to compose as given"),
+            "{args:?}: {text}"
+        );
+        assert!(
+            !stderr(&out).contains("error"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(stdout(&sandbox.run(&["up", "--help"])).contains("--no-agent"));
+}

@@ -77,7 +77,8 @@ struct Args {
     max_connections: usize,
 
     /// Budget for connecting to an upstream, retries over all upstreams included.
-    #[arg(long, value_name = "MS", default_value_t = 1_000, value_parser = ms())]
+    #[arg(long, value_name = "MS", value_parser = ms(),
+        default_value_t = settings::CONNECT_BUDGET.as_millis() as u64)]
     connect_budget_ms: u64,
 
     /// Close connections with no byte read in either direction for this long; 0 = never.

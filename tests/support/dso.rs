@@ -304,17 +304,18 @@ impl Drop for Project<'_> {
 
 /// Exact bytes of environment variable `name` in a running container (`printf %s "$NAME"` in
 /// the container's shell; the variable name is ours, the value never passes a command line).
+/// Fails when the variable is not set at all, so an empty value is told apart from a missing
+/// one.
 pub fn container_env(container: &str, name: &str) -> Result<Vec<u8>> {
     ensure!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let script = format!("[ \"${{{name}+set}}\" = set ] || exit 3; printf %s \"${name}\"");
     let out = Command::new("docker")
-        .args([
-            "exec",
-            container,
-            "sh",
-            "-c",
-            &format!("printf %s \"${name}\""),
-        ])
+        .args(["exec", container, "sh", "-c", &script])
         .output()?;
+    ensure!(
+        out.status.code() != Some(3),
+        "variable {name} is not set in container {container}"
+    );
     docker::check(&format!("docker exec {container} printf {name}"), &out)?;
     Ok(out.stdout)
 }

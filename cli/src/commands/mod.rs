@@ -56,6 +56,62 @@ impl CommandError {
     }
 }
 
+/// True when a compose command's own arguments ask for help: `-h`/`--help` anywhere for
+/// `up`, `down` and `plan`; right after `compose` (a later one is the compose command's, e.g.
+/// `docker dso compose ps --help`, and goes to compose).
+fn asks_for_help(command: &Command, raw: &[std::ffi::OsString]) -> bool {
+    let is_help = |a: &std::ffi::OsString| a == "-h" || a == "--help";
+    match command {
+        Command::Compose(_) => raw.first().is_some_and(is_help),
+        _ => raw.iter().any(is_help),
+    }
+}
+
+/// dso's help of a compose command: its own options, then where compose's options are
+/// described. Compose is not run (it would fail without a compose file in the directory).
+fn print_compose_help(command: &Command) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+
+    let (name, own) = match command {
+        Command::Up(_) => (
+            "up",
+            "  --dry-run    show the plan (as `docker dso plan`) instead of running compose\n  \
+             --no-agent   do not start a background agent after the project is up\n",
+        ),
+        Command::Down(_) => ("down", ""),
+        Command::Plan(_) => ("plan", ""),
+        _ => ("compose", ""),
+    };
+    let mut cli = Cli::command();
+    let help = cli
+        .find_subcommand_mut(name)
+        .map(|c| c.render_long_help().to_string())
+        .unwrap_or_default();
+    let compose = if name == "compose" {
+        "`docker compose --help`".to_owned()
+    } else {
+        format!(
+            "`docker compose {}`",
+            if name == "plan" { "up" } else { name }
+        )
+    };
+    let mut text = help.trim_end().to_owned();
+    text.push_str("\n\n");
+    if !own.is_empty() {
+        text.push_str("dso options (removed before compose runs):\n");
+        text.push_str(own);
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "Every other option and argument goes to compose as given: -f FILE, -p NAME, \
+         --profile, --env-file, --project-directory, and the options of {compose} (see its \
+         --help). Global dso options (--json, --config, -v) come before the command word. \
+         More: docs/cli.md.\n"
+    ));
+    print!("{text}");
+    Ok(())
+}
+
 /// Runs the parsed command.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let out = Output {
@@ -67,6 +123,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Secret(command) => vault::secret(out, cli.config.as_deref(), command),
         Command::Setup(args) => setup::run(out, cli.config.as_deref(), args),
         Command::Config(command) => config::run(out, cli.config.as_deref(), command),
+        Command::Up(raw) | Command::Down(raw) | Command::Plan(raw) | Command::Compose(raw)
+            if asks_for_help(&cli.command, &raw.args) =>
+        {
+            print_compose_help(&cli.command)
+        }
         Command::Up(raw) => compose::up(out, cli.config.as_deref(), &raw.args),
         Command::Down(raw) => compose::down(out, &raw.args),
         Command::Plan(raw) => compose::plan(out, cli.config.as_deref(), &raw.args),

@@ -35,9 +35,6 @@ pub const SECRETS_DIR_LABEL: &str = "dso.secrets_dir";
 /// Default directory of the secret files in the container.
 pub const DEFAULT_SECRETS_DIR: &str = "/run/secrets/dso";
 
-/// Strategy when neither the label nor `dso.yaml` names one.
-const DEFAULT_STRATEGY: &str = "restart";
-
 /// One problem: where, what and what to do. Never a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -283,10 +280,15 @@ fn is_file_name(name: &str) -> bool {
 
 /// Builds the plan of `project`. `root` says whether file owners must be resolved.
 pub fn build(project: &Project, resolver: &mut Resolver<'_>, root: bool) -> Plan {
-    let default_strategy = resolver
-        .config
-        .map(|c| format!("{:?}", c.defaults.strategy).to_lowercase())
-        .unwrap_or_else(|| DEFAULT_STRATEGY.into());
+    let default_strategy = format!(
+        "{:?}",
+        resolver
+            .config
+            .map_or(controlplane::config::DEFAULT_STRATEGY, |c| c
+                .defaults
+                .strategy)
+    )
+    .to_lowercase();
     let mut plan = Plan {
         services: Vec::new(),
         problems: Vec::new(),
@@ -440,6 +442,19 @@ pub fn build(project: &Project, resolver: &mut Resolver<'_>, root: bool) -> Plan
             match owner::resolve(user, &image) {
                 Ok(ids) => owner = Some(ids),
                 Err(p) => problems.push(problem(Some("user"), None, p.reason, &p.hint)),
+            }
+        }
+
+        // `signal` rewrites files in place; an environment cannot change without a new
+        // container, so every rotation of such a service would fail.
+        if strategy == "signal" {
+            for r in references.iter().filter(|r| r.injection == Injection::Env) {
+                problems.push(problem(
+                    Some(&r.variable),
+                    Some(&r.text),
+                    "strategy signal cannot deliver a new environment value".into(),
+                    "use dsofile:// for this variable, or dso.strategy: restart or rolling",
+                ));
             }
         }
 

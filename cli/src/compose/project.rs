@@ -17,8 +17,8 @@ use super::ComposeError;
 use super::invocation::ProjectOptions;
 use super::tool::Tool;
 
-/// A loaded project.
-#[derive(Debug)]
+/// A loaded project. After the plan is applied its model holds resolved secret values, so
+/// its `Debug` output leaves the model out.
 pub struct Project {
     /// The compose program.
     pub tool: Tool,
@@ -31,6 +31,18 @@ pub struct Project {
     pub options: ProjectOptions,
     /// The normalised project.
     pub model: Value,
+}
+
+impl std::fmt::Debug for Project {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Project")
+            .field("tool", &self.tool)
+            .field("name", &self.name)
+            .field("directory", &self.directory)
+            .field("options", &self.options)
+            .field("model", &"[not shown: may hold secret values]")
+            .finish()
+    }
 }
 
 /// A published port of a service as compose normalised it.

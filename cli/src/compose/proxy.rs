@@ -147,7 +147,7 @@ impl Proxy {
         })?;
         // Own process group, no inherited terminal or pipes: the proxy outlives this command
         // and must not hold a caller's pipe open or get its Ctrl-C.
-        let child = Command::new(&binary)
+        let child = controlplane::vault::without_key_env(&mut Command::new(&binary))
             .arg("--control")
             .arg(&files.socket)
             .stdin(Stdio::null())

@@ -59,14 +59,16 @@ impl Tool {
 
     /// A command for this program, without arguments yet.
     pub fn command(self) -> Command {
-        match self {
+        let mut command = match self {
             Self::V1 => Command::new("docker-compose"),
             Self::V2 => {
                 let mut command = Command::new("docker");
                 command.arg("compose");
                 command
             }
-        }
+        };
+        controlplane::vault::without_key_env(&mut command);
+        command
     }
 
     /// True when `version` runs and exits 0.

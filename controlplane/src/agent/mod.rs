@@ -242,6 +242,9 @@ async fn run_async(config_path: &Path, config: Config, args: RunArgs) -> anyhow:
     // 5. Routes from the labels, then detection on the managed services.
     let services = try_managed(&engine, &docker, &paths.runtime).await;
     if let Some(services) = &services {
+        // Files first: after a reboot the tmpfs is empty, and a container Docker started (or
+        // will start) before the agent must find its files.
+        restore_all(&engine, services).await;
         if let Err(err) = proxy::reconcile(&state, &docker, services).await {
             warn!(error = %format!("{err:#}"), "route reconcile failed");
         }
@@ -293,6 +296,23 @@ async fn run_async(config_path: &Path, config: Config, args: RunArgs) -> anyhow:
     while tasks.join_next().await.is_some() {}
     info!("dso-agent stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Gives every container of the services its missing secret files, and running ones their
+/// routes ([`Engine::restore`]); a failure is logged and the others go on.
+async fn restore_all(engine: &Engine, services: &[ManagedService]) {
+    for service in services {
+        for container in &service.containers {
+            if let Err(err) = engine.restore(&container.id).await {
+                warn!(
+                    service = %service.key,
+                    container.name = %container.name,
+                    error = %chain(&err),
+                    "restoring a container at start-up failed"
+                );
+            }
+        }
+    }
 }
 
 /// The managed services this agent owns ([`owner`]), or `None` (logged) when Docker does not
@@ -491,8 +511,16 @@ async fn supervise(state: Shared, engine: Arc<Engine>, docker: Docker, mut super
             }
             metrics::gauge!(PROXY_UP).set(1.0);
             if !was_up {
-                // Someone else started a proxy (e.g. `docker dso up`): give it our routes.
+                // Someone else started a proxy (e.g. `docker dso up`): it is adopted, and
+                // gets our routes.
                 let services = managed(&engine, &docker, &state.info.runtime_dir).await;
+                {
+                    let mut proxy = lock(&state.proxy);
+                    proxy.pid = read_pid(&supervisor.paths().proxy_pid);
+                    proxy.adopted = true;
+                    proxy.needed = proxy::needed(&services);
+                }
+                info!(pid = ?lock(&state.proxy).pid, "proxy adopted");
                 let _ = proxy::reconcile(&state, &docker, &services).await;
             }
             was_up = true;

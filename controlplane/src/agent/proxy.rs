@@ -72,6 +72,11 @@ impl Supervisor {
         }
     }
 
+    /// The files it manages.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
     /// Whether the proxy answers now.
     pub async fn healthy(&self) -> Option<dataplane::api::Health> {
         match tokio::time::timeout(HEALTH_TIMEOUT, self.client.health()).await {
@@ -95,7 +100,7 @@ impl Supervisor {
             .with_context(|| format!("opening {}", self.paths.proxy_log.display()))?;
         let log_err = log.try_clone()?;
         // Own process group: the proxy outlives the agent and never gets its signals.
-        let child = Command::new(&binary)
+        let child = crate::vault::without_key_env(&mut Command::new(&binary))
             .arg("--control")
             .arg(&self.paths.proxy_socket)
             .stdin(Stdio::null())

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,7 +14,8 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
-use tokio::sync::{broadcast, mpsc};
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use crate::events::{Event, EventSender};
 
@@ -22,6 +24,14 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Largest request body accepted.
 pub const BODY_MAX: usize = 64 * 1024;
+
+/// Event streams one surface serves at once. A stream holds its connection for as long as the
+/// client likes; without this cap, streams alone could take every connection slot and leave
+/// `/health`, `/ready` and the webhook unanswered.
+pub const STREAMS_MAX: usize = 16;
+
+/// How long a client that finds every connection slot taken gets to read its 503.
+const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Comment line sent on an idle event stream so proxies and clients see it alive.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -76,10 +86,17 @@ pub async fn read_json<T: DeserializeOwned>(
 /// A `text/event-stream` response that follows the event channel until the client leaves.
 /// Each event is `event: TYPE` plus `data: JSON`; a subscriber that falls behind gets a
 /// `: lagged N` comment for the events it lost.
-pub fn event_stream(events: &EventSender) -> Response<Body> {
+pub fn event_stream(events: &EventSender, streams: &Arc<Semaphore>) -> Response<Body> {
+    let Ok(permit) = streams.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("{STREAMS_MAX} event streams are open already; close one and try again"),
+        );
+    };
     let mut receiver = events.subscribe();
     let (sender, body) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
+        let _permit = permit;
         let _ = sender.send(Bytes::from_static(b": dso events\n\n")).await;
         loop {
             let frame = tokio::select! {
@@ -170,4 +187,20 @@ mod tests {
             "event: route_held\ndata: {\"route\":\"p.s.80\",\"type\":\"route_held\"}\n\n"
         );
     }
+}
+
+/// Answers a connection that found every slot taken with a plain 503 and closes it, instead of
+/// leaving it in the listen backlog where a health check would only time out.
+pub async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S) {
+    const BODY: &str = "{\"error\":\"too many connections; try again shortly\"}\n";
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

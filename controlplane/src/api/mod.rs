@@ -52,10 +52,8 @@ pub async fn serve(listener: TcpListener, state: Shared) {
         info!(listen.addr = %address, "REST API listening");
     }
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let streams = Arc::new(Semaphore::new(http::STREAMS_MAX));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
@@ -64,12 +62,19 @@ pub async fn serve(listener: TcpListener, state: Shared) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(client.addr = %peer, "API busy: every connection slot taken");
+            tokio::spawn(http::refuse_busy(stream));
+            continue;
+        };
         let state = state.clone();
+        let streams = streams.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                let streams = streams.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &streams, request).await) }
             });
             if let Err(err) = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -83,10 +88,14 @@ pub async fn serve(listener: TcpListener, state: Shared) {
     }
 }
 
-async fn handle(state: &Shared, request: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    state: &Shared,
+    streams: &Arc<Semaphore>,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = dispatch(state, request).await;
+    let response = dispatch(state, streams, request).await;
     debug!(
         http.method = %method,
         http.path = %path,
@@ -96,7 +105,11 @@ async fn handle(state: &Shared, request: Request<Incoming>) -> Response<Body> {
     response
 }
 
-async fn dispatch(state: &Shared, request: Request<Incoming>) -> Response<Body> {
+async fn dispatch(
+    state: &Shared,
+    streams: &Arc<Semaphore>,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     match (method, path.as_str()) {
@@ -119,7 +132,7 @@ async fn dispatch(state: &Shared, request: Request<Incoming>) -> Response<Body> 
         }
         (Method::GET, "/metrics") => metrics(state).await,
         (Method::GET, "/v1/status") => json(StatusCode::OK, &state.status()),
-        (Method::GET, "/v1/events") => event_stream(&state.events),
+        (Method::GET, "/v1/events") => event_stream(&state.events, streams),
         (Method::POST, "/v1/webhook") => webhook(state, request).await,
         (_, "/health" | "/ready" | "/metrics" | "/v1/status" | "/v1/events" | "/v1/webhook") => {
             error(

@@ -220,3 +220,73 @@ async fn the_event_stream_delivers_emitted_events() {
         "{text}"
     );
 }
+
+/// Opens a connection, sends `request` and reads until the response head has arrived.
+fn open_with(address: SocketAddr, request: &[u8]) -> (std::net::TcpStream, String) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(request).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = String::new();
+    let mut buffer = [0u8; 1024];
+    while !head.contains("\r\n\r\n") {
+        let n = stream.read(&mut buffer).unwrap();
+        assert!(n > 0, "closed before a response: {head}");
+        head.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    (stream, head)
+}
+
+#[tokio::test]
+async fn event_streams_cannot_starve_health_checks() {
+    let (address, _state, _dir) = serve_api(None).await;
+    let (streams, extra) = tokio::task::spawn_blocking(move || {
+        let request = b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n";
+        let streams: Vec<_> = (0..http::STREAMS_MAX)
+            .map(|_| open_with(address, request))
+            .collect();
+        for (_, head) in &streams {
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        }
+        let (_, extra) = open_with(address, request);
+        (streams, extra)
+    })
+    .await
+    .unwrap();
+    assert!(extra.starts_with("HTTP/1.1 503"), "{extra}");
+    assert_eq!(call(address, "GET", "/health", "", "").await.0, 200);
+    drop(streams);
+}
+
+#[tokio::test]
+async fn a_full_server_answers_503_at_once() {
+    let (address, _state, _dir) = serve_api(None).await;
+    // Idle connections take every slot (each sends nothing, so it holds its slot until the
+    // header timeout).
+    let idle: Vec<_> = (0..CONNECTIONS_MAX)
+        .map(|_| std::net::TcpStream::connect(address).unwrap())
+        .collect();
+    // The accept loop hands out the slots as it gets to the connections.
+    let (mut code, mut body) = (0, String::new());
+    for _ in 0..250 {
+        (code, body) = call(address, "GET", "/health", "", "").await;
+        if code == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("too many connections"), "{body}");
+    drop(idle);
+    // Slots come back as the idle connections close.
+    let mut code = 0;
+    for _ in 0..100 {
+        code = call(address, "GET", "/health", "", "").await.0;
+        if code == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(code, 200);
+}

@@ -22,7 +22,10 @@ use serde::Serialize;
 use crate::home;
 use crate::secret::SecretValue;
 pub use locate::KeyPath;
-pub use model::{Agent, Config, Defaults, ProviderSettings, Secret};
+pub use model::{
+    Agent, Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_SIGNAL, DEFAULT_STRATEGY,
+    Defaults, ProviderSettings, Secret,
+};
 pub use raw::{Inject, Mode, ProviderKind, Strategy};
 
 /// File name looked for in the working directory and the dso home.

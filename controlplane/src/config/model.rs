@@ -27,6 +27,9 @@ pub const MIN_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_API_ADDRESS: &str = "127.0.0.1:8471";
 /// Default `agent.socket`.
 pub const DEFAULT_SOCKET: &str = "/run/dso/dso.sock";
+/// Default `defaults.strategy`: blue-green, which the engine itself turns into `restart` with
+/// hold for a container that must not run twice (a writable volume or bind mount).
+pub const DEFAULT_STRATEGY: Strategy = Strategy::Rolling;
 /// Default `defaults.health_timeout`: how long a new container may take to become healthy.
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `defaults.drain_timeout`: how long old connections may keep running after a swap.
@@ -188,6 +191,7 @@ pub fn resolve(
     let mut r = Resolver {
         lookup,
         findings: Vec::new(),
+        credentials: Vec::new(),
     };
     let root = KeyPath::root();
 
@@ -230,7 +234,7 @@ pub fn resolve(
     }
 
     if !r.findings.is_empty() {
-        return Err(r.findings);
+        return Err(r.scrubbed_findings());
     }
     Ok(Config {
         version: raw.version,
@@ -245,9 +249,34 @@ pub fn resolve(
 struct Resolver<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
     findings: Vec<Finding>,
+    /// Every credential expanded so far. A problem found in another key may quote text that
+    /// came from the same variable (`address: http://${TOKEN}…`); see [`Self::scrubbed_findings`].
+    credentials: Vec<SecretValue>,
 }
 
 impl Resolver<'_> {
+    /// The findings with every credential's text replaced by `[REDACTED]`, so no message
+    /// quotes one, whatever key it is about.
+    fn scrubbed_findings(self) -> Vec<Finding> {
+        let credentials: Vec<&str> = self
+            .credentials
+            .iter()
+            .filter_map(|c| std::str::from_utf8(c.expose()).ok())
+            .filter(|c| !c.is_empty())
+            .collect();
+        self.findings
+            .into_iter()
+            .map(|mut finding| {
+                for credential in &credentials {
+                    if finding.message.contains(credential) {
+                        finding.message = finding.message.replace(credential, "[REDACTED]");
+                    }
+                }
+                finding
+            })
+            .collect()
+    }
+
     fn problem(&mut self, key: &KeyPath, message: String) {
         self.findings.push(Finding {
             key: key.clone(),
@@ -277,7 +306,9 @@ impl Resolver<'_> {
             self.problem(key, "is empty; remove the key or give a value".into());
             return None;
         }
-        Some(SecretValue::from(text))
+        let value = SecretValue::from(text);
+        self.credentials.push(value.clone());
+        Some(value)
     }
 
     fn duration(&mut self, key: &KeyPath, raw: Option<&String>, default: Duration) -> Duration {
@@ -587,7 +618,7 @@ impl Resolver<'_> {
     fn defaults(&mut self, at: &KeyPath, raw: RawDefaults) -> Defaults {
         Defaults {
             inject: raw.inject.unwrap_or(Inject::Env),
-            strategy: raw.strategy.unwrap_or(Strategy::Rolling),
+            strategy: raw.strategy.unwrap_or(DEFAULT_STRATEGY),
             signal: self
                 .signal(&at.key("signal"), raw.signal.as_ref())
                 .unwrap_or_else(|| DEFAULT_SIGNAL.into()),
@@ -717,6 +748,21 @@ impl Resolver<'_> {
             self.problem(
                 &rotation.key("signal"),
                 "is only used by strategy `signal`; remove it or set `strategy: signal`".into(),
+            );
+        }
+        // `signal` rewrites files in place; an environment cannot change without a new
+        // container, so every rotation of an env secret would fail.
+        if strategy == Strategy::Signal && inject == Inject::Env {
+            let place = if raw.rotation.strategy.is_some() {
+                rotation.key("strategy")
+            } else {
+                at.clone()
+            };
+            self.problem(
+                &place,
+                "strategy `signal` cannot change an environment value (the secret is injected \
+                 as env); set `inject: file`, or use `restart` or `rolling`"
+                    .into(),
             );
         }
         let health_timeout = self.bounded_timeout(

@@ -51,7 +51,7 @@ pub enum ProviderKind {
 }
 
 /// One provider with the settings of every type; `model` checks which belong to its type.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     #[serde(rename = "type")]
@@ -87,7 +87,7 @@ pub struct RawAgent {
 }
 
 /// `agent.webhook:`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhook {
     #[serde(default)]
@@ -163,4 +163,41 @@ pub struct RawRotation {
     pub signal: Option<String>,
     pub health_timeout: Option<String>,
     pub drain_timeout: Option<String>,
+}
+
+/// Shown for a credential in `Debug` output: raw credentials may be literal values.
+const HIDDEN: &str = "[REDACTED]";
+
+fn hidden(value: &Option<String>) -> Option<&'static str> {
+    value.as_ref().map(|_| HIDDEN)
+}
+
+impl std::fmt::Debug for RawProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawProvider")
+            .field("kind", &self.kind)
+            .field("history", &self.history)
+            .field("address", &self.address)
+            .field("token", &hidden(&self.token))
+            .field("mount", &self.mount)
+            .field("kv_version", &self.kv_version)
+            .field("namespace", &self.namespace)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("profile", &self.profile)
+            .field("vault_url", &self.vault_url)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &hidden(&self.client_secret))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RawWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawWebhook")
+            .field("enabled", &self.enabled)
+            .field("token", &hidden(&self.token))
+            .finish()
+    }
 }

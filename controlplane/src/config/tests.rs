@@ -101,6 +101,7 @@ secrets:
     targets:
       services: [db, api]
       labels: {tier: backend}
+    inject: file
     rotation:
       strategy: signal
       signal: HUP
@@ -146,6 +147,27 @@ secrets:
 fn single_provider_is_implied_for_secrets() {
     let config = parse_ok("version: 1\nsecrets:\n  - name: a/b\n");
     assert_eq!(config.secrets[0].provider, "local");
+}
+
+#[test]
+fn problems_never_quote_a_credential_from_another_key() {
+    let vault = "version: 1\nproviders:\n  v:\n    type: vault\n    address: \
+                 http://${VAULT_TOKEN}.example.com\n    token: ${VAULT_TOKEN}\n";
+    let azure = "version: 1\nproviders:\n  a:\n    type: azure\n    vault_url: \
+                 http://${VAULT_TOKEN}\n    tenant_id: t\n    client_id: c\n    \
+                 client_secret: ${VAULT_TOKEN}\n";
+    for source in [vault, azure] {
+        let found = problems(source);
+        assert!(!found.is_empty(), "{source}");
+        for problem in &found {
+            let text = problem.to_string();
+            assert!(!text.contains("sentinel"), "{text}");
+        }
+        assert!(
+            found.iter().any(|p| p.to_string().contains("[REDACTED]")),
+            "{found:?}"
+        );
+    }
 }
 
 #[test]
@@ -418,6 +440,14 @@ fn bad_files_report_position_and_expectation() {
             ],
         },
         BadFile {
+            name: "signal strategy for an env secret",
+            source: "version: 1\nsecrets:\n  - name: a\n    rotation:\n      strategy: signal\n",
+            line: 5,
+            column: 17,
+            key: "secrets[0].rotation.strategy",
+            message: &["cannot change an environment value", "inject: file"],
+        },
+        BadFile {
             name: "signal without the signal strategy",
             source: "version: 1\nsecrets:\n  - name: a\n    rotation:\n      signal: HUP\n",
             line: 5,
@@ -573,4 +603,17 @@ fn one_problem_is_counted_in_the_singular() {
     )
     .unwrap_err();
     assert!(err.to_string().ends_with("(and 1 more problem)"), "{err}");
+}
+
+#[test]
+fn raw_debug_hides_literal_credentials() {
+    let raw: raw::RawConfig = yaml_serde::from_str(
+        "version: 1\nproviders:\n  v:\n    type: vault\n    token: literal-sentinel-1\n  a:\n    \
+         type: azure\n    client_secret: literal-sentinel-2\nagent:\n  webhook:\n    token: \
+         literal-sentinel-3\n",
+    )
+    .expect("parses");
+    let shown = format!("{raw:?}");
+    assert!(!shown.contains("literal-sentinel"), "{shown}");
+    assert!(shown.contains("[REDACTED]"), "{shown}");
 }

@@ -155,10 +155,8 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, path: PathBuf, st
     info!(path = %path.display(), "IPC socket listening");
     let own = peer::own_uid();
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let streams = Arc::new(Semaphore::new(crate::api::http::STREAMS_MAX));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
@@ -188,12 +186,19 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, path: PathBuf, st
             continue;
         };
         debug!(peer.uid = cred.uid, allowed = ?why, "IPC connection");
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(peer.uid = cred.uid, "IPC busy: every connection slot taken");
+            tokio::spawn(crate::api::http::refuse_busy(stream));
+            continue;
+        };
         let state = state.clone();
+        let streams = streams.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(dispatch(&state, cred.uid, request).await) }
+                let streams = streams.clone();
+                async move { Ok::<_, Infallible>(dispatch(&state, &streams, cred.uid, request).await) }
             });
             if let Err(err) = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -207,13 +212,18 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, path: PathBuf, st
     }
 }
 
-async fn dispatch(state: &Shared, uid: u32, request: Request<Incoming>) -> Response<Body> {
+async fn dispatch(
+    state: &Shared,
+    streams: &Arc<Semaphore>,
+    uid: u32,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     debug!(http.method = %method, http.path = %path, peer.uid = uid, "IPC request");
     match (method, path.as_str()) {
         (Method::GET, "/v1/status") => json(StatusCode::OK, &state.status()),
-        (Method::GET, "/v1/events") => event_stream(&state.events),
+        (Method::GET, "/v1/events") => event_stream(&state.events, streams),
         (Method::POST, "/v1/rotate") => rotate(state, uid, request).await,
         (Method::POST, "/v1/check") => {
             let body: CheckRequest = match read_json(request).await {

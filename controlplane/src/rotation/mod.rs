@@ -174,11 +174,11 @@ impl EngineConfig {
             proxy_socket: runtime_dir.join("proxy.sock"),
             runtime_dir,
             journal_dir,
-            health_timeout: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(30),
+            health_timeout: crate::config::DEFAULT_HEALTH_TIMEOUT,
+            drain_timeout: crate::config::DEFAULT_DRAIN_TIMEOUT,
             settle: Duration::from_secs(2),
-            signal: "SIGHUP".into(),
-            default_strategy: Strategy::Restart,
+            signal: crate::config::DEFAULT_SIGNAL.into(),
+            default_strategy: crate::config::DEFAULT_STRATEGY,
         }
     }
 }
@@ -818,8 +818,14 @@ impl Engine {
                 Ok(())
             }
             Step::Hold => {
+                // Parked clients wait for the quiesce below, the old container's stop, the new
+                // one's start and its health check: the hold outlasts all of them.
                 let hold = HoldRequest {
-                    timeout_ms: Some(millis(self.config.health_timeout) + 10_000),
+                    timeout_ms: Some(
+                        millis(self.config.health_timeout)
+                            + millis(self.config.drain_timeout)
+                            + HOLD_SLACK_MS,
+                    ),
                 };
                 for route in &run.journal.journal.routes {
                     self.proxy
@@ -832,6 +838,13 @@ impl Engine {
                             route: route.route.clone(),
                         },
                     );
+                }
+
+                // Connections accepted before the hold are still talking to the old
+                // container; stopping it now would cut a client in the middle of its
+                // handshake or transaction. Let them end first, bounded by the drain timeout.
+                for route in &run.journal.journal.routes {
+                    self.quiesce(&route.route).await?;
                 }
                 Ok(())
             }
@@ -939,6 +952,46 @@ impl Engine {
             return Ok(name);
         }
         Ok(id)
+    }
+
+    /// Waits until a held route has no open connection left, at most the drain timeout.
+    ///
+    /// Only new clients are parked by a hold; the ones accepted before it still talk to the
+    /// old container. Reports how many ended on their own and how many were still open when
+    /// the wait gave up (the old container's stop cuts those).
+    async fn quiesce(&self, route: &str) -> Result<(), RotationError> {
+        let open = |view: &dataplane::api::RouteView| -> u64 {
+            view.generations.iter().map(|g| g.active).sum()
+        };
+        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        let first = self
+            .proxy
+            .route(route)
+            .await
+            .map_err(proxy_error(route, "quiesce"))?;
+        let at_start = open(&first);
+        let mut left = at_start;
+        while left > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(QUIESCE_POLL).await;
+            let view = self
+                .proxy
+                .route(route)
+                .await
+                .map_err(proxy_error(route, "quiesce"))?;
+            left = open(&view);
+        }
+
+        let ended = at_start.saturating_sub(left);
+        info!(route = %route, drain.ended = ended, drain.cut = left, "held route quiesced");
+        emit(
+            &self.events,
+            Event::Drained {
+                route: route.to_owned(),
+                ended,
+                cut: left,
+            },
+        );
+        Ok(())
     }
 
     /// Points every route of the journal at `container` (replacing the old upstream, or
@@ -1210,8 +1263,10 @@ impl Engine {
         Ok(())
     }
 
-    /// A managed container (re)appeared (manual start, host reboot): its secret files are
-    /// written again when the tmpfs lost them, and its routes point at its current address.
+    /// A managed container (re)appeared (manual start, host reboot), or the agent starts
+    /// next to it: its secret files are written again when any is missing (a running
+    /// container that started without them is restarted), and when it runs its routes point
+    /// at its current address. A stopped container gets its files only, ready for its start.
     pub async fn restore(&self, container_id: &str) -> Result<(), RotationError> {
         let Some(inspect) = self.docker.inspect(container_id).await? else {
             return Ok(());
@@ -1236,9 +1291,18 @@ impl Engine {
         let _guard = lock.lock().await;
         let described = describe(&key, &name, &labels, self.config.default_strategy)?;
 
-        // 1. Files, when the directory is gone (a tmpfs does not survive a reboot).
+        // 1. Files, when any is missing: a tmpfs does not survive a reboot, and Docker
+        //    recreates a lost bind source as an empty directory before the start event.
+        let running = inspect.state.as_ref().and_then(|s| s.running) == Some(true);
+        let file_variables: Vec<&str> = described
+            .references
+            .iter()
+            .filter(|r| r.reference.injection == Injection::File)
+            .map(|r| r.variable.as_str())
+            .collect();
+        let mut rewritten = false;
         if let Some(dir) = labels.get(FILES_DIR_LABEL).map(PathBuf::from)
-            && !dir.exists()
+            && file_variables.iter().any(|v| !dir.join(v).is_file())
         {
             let service_view = ManagedService {
                 containers: Vec::new(),
@@ -1266,10 +1330,22 @@ impl Engine {
                     source,
                 },
             )?;
+            rewritten = true;
+        }
+
+        // A container that already runs started without its files (it may have read them at
+        // start and failed, or cached "missing"): restart it so it starts with them. Its own
+        // start event comes back here, finds the files and goes on to the routes.
+        if rewritten && running {
+            warn!(service = %key, container.name = %name,
+                "container started without its secret files; restarting it with them");
+            self.docker
+                .stop(container_id, stop_timeout(&inspect))
+                .await?;
+            self.docker.start(container_id).await?;
         }
 
         // 2. Routes: every running replica of the service, in name order.
-        let running = inspect.state.as_ref().and_then(|s| s.running) == Some(true);
         if running && !described.routes.is_empty() {
             let network = default_network(&key.project);
             let service = self.service(&key).await?;
@@ -1465,6 +1541,13 @@ fn strategy_name(strategy: Strategy) -> &'static str {
         Strategy::None => "none",
     }
 }
+
+/// How much longer than the rotation's own bounds a `restart` hold lasts: time for the stop,
+/// the start and the route switch themselves.
+const HOLD_SLACK_MS: u64 = 10_000;
+
+/// How often a `restart` asks the proxy whether the held route's connections have ended.
+const QUIESCE_POLL: Duration = Duration::from_millis(20);
 
 fn millis(duration: Duration) -> u64 {
     duration.as_millis().min(u128::from(u64::MAX)) as u64

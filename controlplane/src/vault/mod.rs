@@ -37,6 +37,19 @@ pub const MASTER_KEY_ENV: &str = "DSO_MASTER_KEY";
 /// Environment variable that supplies the passphrase of a passphrase-mode vault.
 pub const PASSPHRASE_ENV: &str = "DSO_PASSPHRASE";
 
+/// Environment variables that carry key material. Programs dso starts that never open the
+/// vault (the proxy, compose, docker) get them removed, so the key does not sit in their
+/// `/proc/PID/environ` for their whole life.
+pub const KEY_ENV: &[&str] = &[MASTER_KEY_ENV, PASSPHRASE_ENV];
+
+/// Removes [`KEY_ENV`] from the environment of `command`.
+pub fn without_key_env(command: &mut std::process::Command) -> &mut std::process::Command {
+    for name in KEY_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// Where a master key came from; named in errors so the user knows which one to fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyOrigin {
