@@ -288,19 +288,24 @@ fn files_are_refused_outside_tmpfs() -> Result<()> {
     let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let body = format!("    image: {app}\n    environment:\n      A: dsofile://t/a\n");
     let project = Project::new(&home, &[("app", &body)])?;
-    let out = project
-        .home
-        .command(["up", "-d", "-f"])
-        .arg(&project.file)
-        .args(["-p", &project.name])
-        .env("DSO_RUNTIME_DIR", disk.path())
-        .output()?;
-    let text = stderr(&out);
-    ensure!(!out.status.success(), "{text}");
-    ensure!(
-        text.contains("is not on a tmpfs") && text.contains("hint: mount one"),
-        "{text}"
-    );
+    // A directory that does not exist yet is judged by its parent, and not created.
+    let runtime = disk.path().join("rt");
+    for command in ["up", "plan"] {
+        let out = project
+            .home
+            .command([command, "-d", "-f"])
+            .arg(&project.file)
+            .args(["-p", &project.name])
+            .env("DSO_RUNTIME_DIR", &runtime)
+            .output()?;
+        let text = stderr(&out);
+        ensure!(!out.status.success(), "{command}: {text}");
+        ensure!(
+            text.contains("is not on a tmpfs") && text.contains("hint: mount one"),
+            "{command}: {text}"
+        );
+        ensure!(!runtime.exists(), "{command} created the runtime directory");
+    }
     ensure!(project.containers()?.is_empty());
     Ok(())
 }

@@ -128,6 +128,23 @@ pub fn check_tmpfs(dir: &Path) -> Result<(), FilesError> {
     Ok(())
 }
 
+/// Fails unless `dir` is, or once created would be, on a tmpfs: checks `dir` itself when it
+/// exists, else its nearest existing ancestor (a directory made inside a tmpfs stays on it).
+/// Creates nothing, so a plan can ask before anything changes.
+pub fn check_tmpfs_before_create(dir: &Path) -> Result<(), FilesError> {
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    check_tmpfs(existing).map_err(|error| match error {
+        FilesError::NotTmpfs { fs_type, .. } => FilesError::NotTmpfs {
+            path: dir.to_owned(),
+            fs_type,
+        },
+        other => other,
+    })
+}
+
 /// The directory of one project's files.
 pub fn project_dir(runtime: &Path, project: &str) -> PathBuf {
     runtime.join("compose").join(project)
@@ -395,5 +412,21 @@ mod tests {
         // The crate's own source tree is on the build machine's disk.
         let err = check_tmpfs(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap_err();
         assert!(matches!(err, FilesError::NotTmpfs { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_directory_to_be_made_is_judged_by_its_existing_ancestor() {
+        let disk = Path::new(env!("CARGO_MANIFEST_DIR")).join("no-such-dir/below");
+        let err = check_tmpfs_before_create(&disk).unwrap_err();
+        assert!(
+            matches!(&err, FilesError::NotTmpfs { path, .. } if path == &disk),
+            "{err}"
+        );
+        assert!(!disk.exists(), "nothing may be created");
+        if check_tmpfs(Path::new("/dev/shm")).is_ok() {
+            let on_tmpfs = Path::new("/dev/shm/dso-unit-no-such/below");
+            check_tmpfs_before_create(on_tmpfs).unwrap();
+            assert!(!on_tmpfs.exists());
+        }
     }
 }

@@ -95,6 +95,23 @@ pub fn compose(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::
 
 /// Plans, then (unless `dry_run`) writes files, runs compose `subcommand` on the resolved
 /// project and, for `up`, sets the proxy routes.
+/// The runtime directory as a plan problem, when a service has `dsofile://` references and
+/// the directory is not (or would not be) on a tmpfs, so `plan` says what `up` would refuse.
+fn runtime_problem(plan: &plan::Plan) -> Option<plan::Problem> {
+    let service = plan.services.iter().find(|s| s.has_files())?;
+    let error = match files::runtime_dir() {
+        Ok(dir) => files::check_tmpfs_before_create(&dir).err()?,
+        Err(error) => error,
+    };
+    Some(plan::Problem {
+        service: service.name.clone(),
+        variable: None,
+        reference: None,
+        reason: format!("secret files cannot be written: {error}"),
+        hint: error.hint(),
+    })
+}
+
 fn run_resolved(
     out: Output,
     config_path: Option<&Path>,
@@ -133,6 +150,9 @@ fn run_resolved(
         let taken = taken_listen_addresses(&plan)?;
         plan.problems.extend(taken);
     }
+    if let Some(problem) = runtime_problem(&plan) {
+        plan.problems.push(problem);
+    }
 
     // 1. Planning only: print, and fail when there are problems.
     if dry_run {
@@ -168,6 +188,10 @@ fn run_resolved(
     }
     let runtime = if needs_files || needs_proxy {
         let dir = files::runtime_dir()?;
+        if needs_files {
+            // Checked before the directory is made, so a refusal leaves nothing behind.
+            files::check_tmpfs_before_create(&dir)?;
+        }
         files::ensure_dir(&dir)?;
         if needs_files {
             files::check_tmpfs(&dir)?;

@@ -38,6 +38,11 @@ pub fn check_tmpfs(dir: &Path) -> Result<(), ComposeError> {
     Ok(shared::check_tmpfs(dir)?)
 }
 
+/// Fails unless `dir` is, or once created would be, on a tmpfs; creates nothing.
+pub fn check_tmpfs_before_create(dir: &Path) -> Result<(), ComposeError> {
+    Ok(shared::check_tmpfs_before_create(dir)?)
+}
+
 /// The directory of one project's files.
 pub fn project_dir(runtime: &Path, project: &str) -> PathBuf {
     shared::project_dir(runtime, project)

@@ -511,19 +511,52 @@ impl DetectorTask {
     }
 
     fn start(&self, service: String, reasons: Reasons) {
-        // The fingerprints this rotation delivers: committed when it succeeds.
-        let committed: Vec<(String, String)> = lock(&self.inner)
-            .targets
-            .iter()
-            .filter(|((s, _), _)| *s == service)
-            .map(|((_, r), p)| (r.clone(), p.clone()))
-            .collect();
+        // The fingerprints this rotation delivers: committed when it succeeds. Detected
+        // changes carry theirs; the service's other references (all of them, for a manual
+        // rotation) are fingerprinted just before it starts.
+        let (mut committed, untracked): (Vec<(String, String)>, Vec<Reference>) = {
+            let inner = lock(&self.inner);
+            let committed: Vec<(String, String)> = inner
+                .targets
+                .iter()
+                .filter(|((s, _), _)| *s == service)
+                .map(|((_, r), p)| (r.clone(), p.clone()))
+                .collect();
+            let untracked = inner
+                .services
+                .get(&service)
+                .into_iter()
+                .flatten()
+                .filter(|r| !committed.iter().any(|(text, _)| *text == r.to_string()))
+                .cloned()
+                .collect();
+            (committed, untracked)
+        };
         let reason = reasons.into_iter().collect::<Vec<_>>().join("; ");
         let rotator = self.rotator.clone();
         let sender = self.sender.clone();
         let inner = self.inner.clone();
         let finished = self.finished.clone();
+        let source = self.source.clone();
         tokio::spawn(async move {
+            // A value that changes after this is delivered too; the next check then sees a
+            // difference once more and rotates again: one extra rotation, never a lost one.
+            let fingerprints = {
+                let inner = inner.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut prints = Vec::new();
+                    for reference in untracked {
+                        if let Ok(value) = source.resolve(&reference) {
+                            let print = lock(&inner).seen.fingerprint(&value);
+                            prints.push((reference.to_string(), print));
+                        }
+                    }
+                    prints
+                })
+                .await
+                .unwrap_or_default()
+            };
+            committed.extend(fingerprints);
             info!(service = %service, reason = %reason, "rotation requested");
             let result = rotator.rotate(service.clone(), reason.clone()).await;
             let ok = result.is_ok();
@@ -559,6 +592,9 @@ impl DetectorTask {
                 if ok {
                     if let Err(err) = inner.seen.set(&service, &reference, &print) {
                         warn!(error = %err, "could not write the fingerprint state");
+                    }
+                    if let Some(watch) = inner.watches.get_mut(&reference) {
+                        watch.current = Some(print.clone());
                     }
                     if inner.targets.get(&key) == Some(&print) {
                         inner.targets.remove(&key);

@@ -284,3 +284,58 @@ fn targets_name_services_or_secrets() {
     );
     assert!(resolve_target(&all, &Target::Secret("none".into())).is_empty());
 }
+
+/// Regression (found by a new user): a manual rotation delivers the current values, so it
+/// records their fingerprints; the next check finds nothing changed and rotates nothing.
+#[tokio::test]
+async fn a_manual_rotation_records_what_it_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = Arc::new(Memory::default());
+    memory.set("app/pw", b"one");
+    let recorder = Arc::new(Recorder {
+        calls: Mutex::new(Vec::new()),
+        hold: Duration::ZERO,
+    });
+    // A long interval: only the first check (the baseline) and `check_now` run.
+    let seen = Seen::open(dir.path()).unwrap();
+    let (detector, task) = Detector::new(
+        seen,
+        Duration::from_secs(3600),
+        WINDOW,
+        memory.clone(),
+        recorder.clone(),
+    );
+    let task = tokio::spawn(task.run());
+    detector.set_services(services(&[("p/app", &["dso://app/pw"])]));
+    let baseline = loop {
+        let status = detector.status();
+        if let Some(version) = status.references.first().and_then(|r| r.version.clone()) {
+            break version;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+
+    memory.set("app/pw", b"two");
+    assert_eq!(
+        detector.rotate(Target::Service("p/app".into())).await,
+        vec!["p/app".to_owned()]
+    );
+    wait_for("the manual rotation", || !lock(&recorder.calls).is_empty()).await;
+    wait_for("the new version in the status", || {
+        detector
+            .status()
+            .references
+            .first()
+            .and_then(|r| r.version.clone())
+            .is_some_and(|v| v != baseline)
+    })
+    .await;
+    assert_eq!(detector.check_now("app/pw").await, 1);
+    tokio::time::sleep(WINDOW * 3).await;
+    assert_eq!(
+        lock(&recorder.calls).clone(),
+        vec![("p/app".to_owned(), "manual".to_owned())],
+        "the check after a manual rotation found a change"
+    );
+    task.abort();
+}
