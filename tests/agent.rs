@@ -603,3 +603,83 @@ fn lost_secret_files_are_written_again() -> Result<()> {
     );
     Ok(())
 }
+
+/// With an agent running, `up` resolves through it (`POST /v1/resolve` on the IPC socket):
+/// here the CLI holds a wrong master key, so only the agent, which opened the vault with the
+/// right one, can read the values; with `--no-agent` the same `up` fails on the vault. No value
+/// appears in any output or log.
+#[test]
+fn up_resolves_through_a_running_agent() -> Result<()> {
+    ensure_daemon()?;
+    let home = Home::new(Compose::V2)?;
+    let (_first, _addr) = project_up(&home, "rolling", b"value-1")?;
+    let config = agent::write_config(&home, "5s")?;
+    agent::start(&home, &config)?;
+    // The agent opens the vault for its first check of the first project's reference.
+    wait_for("the agent's first check", Duration::from_secs(30), || {
+        let status = agent::status(&home).ok()?;
+        let references = status["references"].as_array()?.clone();
+        references
+            .iter()
+            .any(|r| r["version"].is_string())
+            .then_some(())
+    })?;
+
+    let value = format!("through-agent-{}", hex::encode(rand_bytes()?));
+    home.set_secret("t/other", value.as_bytes())?;
+    let app = images::app_image()?;
+    let body = format!(
+        "    image: {app}\n    environment:\n      OTHER: dso://t/other\n      OTHER_FILE: \
+         dsofile://t/other\n"
+    );
+    let second = Project::new(&home, &[("api", &body)])?;
+    let wrong_key = hex::encode(rand_bytes()?);
+    let up = |extra: &[&str]| {
+        home.command(["up", "-d"])
+            .args(extra)
+            .arg("-f")
+            .arg(&second.file)
+            .args(["-p", &second.name])
+            .env("DSO_MASTER_KEY", &wrong_key)
+            .output()
+    };
+
+    // 1. Without the agent the CLI's own (wrong) key cannot open the vault.
+    let refused = up(&["--no-agent"])?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    ensure!(!refused.status.success(), "up --no-agent succeeded: {text}");
+    ensure!(text.contains("vault"), "{text}");
+    ensure!(second.containers()?.is_empty(), "a container was created");
+
+    // 2. Through the agent it works, byte-exact, env and file.
+    let out = up(&[])?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "up through the agent failed: {text}");
+    ensure!(text.contains("resolving through the agent"), "{text}");
+    let container = second.container("api")?;
+    ensure!(support::dso::container_env(&container, "OTHER")? == value.as_bytes());
+    let path = support::dso::container_env(&container, "OTHER_FILE")?;
+    let path = String::from_utf8(path)?;
+    let inside = support::docker::docker(["exec", &container, "cat", &path])?;
+    ensure!(inside.as_bytes() == value.as_bytes(), "the file differs");
+
+    // 3. The value is in no output and not in the agent's log.
+    ensure!(!text.contains(&value), "the value is in up's output");
+    ensure!(
+        !agent::log(&home).contains(&value),
+        "the value is in the agent's log"
+    );
+    ensure!(
+        agent::log(&home).contains("references resolved over IPC"),
+        "the agent did not resolve"
+    );
+    Ok(())
+}

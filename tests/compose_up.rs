@@ -298,7 +298,8 @@ fn files_are_refused_outside_tmpfs() -> Result<()> {
             .args(["-p", &project.name])
             .env("DSO_RUNTIME_DIR", &runtime)
             .output()?;
-        let text = stderr(&out);
+        // `plan` prints its problems with the plan, on stdout.
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
         ensure!(!out.status.success(), "{command}: {text}");
         ensure!(
             text.contains("is not on a tmpfs") && text.contains("hint: mount one"),

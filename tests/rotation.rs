@@ -516,6 +516,18 @@ fn postgres_restart_with_hold_loses_no_connection() -> Result<()> {
         stdout.contains("\"strategy_changed\"") && stdout.contains("\"route_held\""),
         "{stdout}"
     );
+    // Clients really were parked: the switch released at least one (pgbench -C connects
+    // continuously, so some connect during the seconds Postgres restarts).
+    let released: u64 = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "route_swapped")
+        .filter_map(|e| e["released"].as_u64())
+        .sum();
+    ensure!(
+        released > 0,
+        "no client was held during the restart: {stdout}"
+    );
     let outcome = stdout.lines().last().unwrap_or_default().to_owned();
     let bench = bench.wait_with_output()?;
     let report = outputs(&bench);
@@ -529,7 +541,10 @@ fn postgres_restart_with_hold_loses_no_connection() -> Result<()> {
         .filter(|l| l.contains("latency average") || l.contains("transactions actually"))
         .collect::<Vec<_>>()
         .join("; ");
-    eprintln!("restart with hold under pgbench -C: {line}; rotation: {outcome}");
+    eprintln!(
+        "restart with hold under pgbench -C: {line}; held clients released: {released}; \
+         rotation: {outcome}"
+    );
 
     let containers = service_containers(&project, "db")?;
     ensure!(containers.len() == 1, "{containers:?}");

@@ -73,6 +73,8 @@ pub enum Event {
         route: String,
         /// The route's generation after the swap.
         generation: u64,
+        /// Clients that were parked in hold and are now connected to the new upstream.
+        released: u64,
     },
     /// A route was put into hold (new clients wait for the new upstream).
     RouteHeld {
@@ -153,11 +155,14 @@ mod tests {
         let event = Event::RouteSwapped {
             route: "p.s.80".into(),
             generation: 3,
+            released: 2,
         };
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"type": "route_swapped", "route": "p.s.80", "generation": 3})
+            serde_json::json!({
+                "type": "route_swapped", "route": "p.s.80", "generation": 3, "released": 2
+            })
         );
     }
 }

@@ -260,6 +260,20 @@ pub fn ensure_running(config_path: Option<&Path>) -> anyhow::Result<Option<Strin
     Ok(started.then(|| format!("docker-dso: agent started (pid {pid})")))
 }
 
+/// How long `up` waits for a running agent to answer before it reads the vault itself.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The IPC client of this user's agent when one answers now, for `up` to resolve through;
+/// `None` (read the local vault directly) when none runs or it does not answer in time.
+pub fn serving_agent(config_path: Option<&Path>) -> Option<IpcClient> {
+    let target = Target::find(config_path).ok()?;
+    let client = target.client();
+    // The timer must be made inside the runtime, so the timeout is built in the async block.
+    let answered =
+        block_on(async { tokio::time::timeout(ANSWER_DEADLINE, client.status()).await }).ok()?;
+    matches!(answered, Ok(Ok(_))).then_some(client)
+}
+
 /// `status [--json] [--watch]`.
 pub fn status(out: Output, config_path: Option<&Path>, args: &StatusArgs) -> anyhow::Result<()> {
     let target = Target::find(config_path)?;

@@ -34,11 +34,10 @@ const RESOLVING: &[&str] = &["up", "create", "run"];
 /// `up`. Afterwards, unless `--no-agent` (a dso option, removed before compose sees the
 /// arguments), a user-level agent is started when none answers and a `dso.yaml` exists.
 pub fn up(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::Result<()> {
-    let no_agent = raw.iter().any(|a| a == "--no-agent");
-    let raw: Vec<OsString> = raw.iter().filter(|a| *a != "--no-agent").cloned().collect();
+    let (no_agent, raw) = take_no_agent(raw);
     let invocation = Invocation::parse(&raw, false)?;
     let dry_run = invocation.dry_run;
-    run_resolved(out, config, invocation, "up", dry_run)?;
+    run_resolved(out, config, invocation, "up", dry_run, !no_agent)?;
     if !dry_run && !no_agent {
         // The project is up either way: an agent that cannot start is a warning, not a failure.
         match super::agent::ensure_running(config) {
@@ -55,8 +54,17 @@ pub fn up(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::Resul
 
 /// `plan` (the same as `up --dry-run`).
 pub fn plan(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::Result<()> {
-    let invocation = Invocation::parse(raw, false)?;
-    run_resolved(out, config, invocation, "up", true)
+    let (no_agent, raw) = take_no_agent(raw);
+    let invocation = Invocation::parse(&raw, false)?;
+    run_resolved(out, config, invocation, "up", true, !no_agent)
+}
+
+/// Takes dso's own `--no-agent` out of compose's arguments: whether it was there, and the
+/// rest.
+fn take_no_agent(raw: &[OsString]) -> (bool, Vec<OsString>) {
+    let no_agent = raw.iter().any(|a| a == "--no-agent");
+    let rest = raw.iter().filter(|a| *a != "--no-agent").cloned().collect();
+    (no_agent, rest)
 }
 
 /// `down`.
@@ -67,7 +75,8 @@ pub fn down(out: Output, raw: &[OsString]) -> anyhow::Result<()> {
 
 /// `compose [OPTIONS] COMMAND [ARGS]`.
 pub fn compose(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::Result<()> {
-    let mut invocation = Invocation::parse(raw, true)?;
+    let (no_agent, raw) = take_no_agent(raw);
+    let mut invocation = Invocation::parse(&raw, true)?;
     let position = invocation
         .rest
         .iter()
@@ -83,7 +92,9 @@ pub fn compose(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::
     }
     match subcommand.as_str() {
         "down" => run_down(out, invocation),
-        sub if RESOLVING.contains(&sub) => run_resolved(out, config, invocation, sub, false),
+        sub if RESOLVING.contains(&sub) => {
+            run_resolved(out, config, invocation, sub, false, !no_agent)
+        }
         _ => {
             // Nothing is created: compose gets the project as normalised, references unresolved.
             let tool = Tool::select(invocation.tool)?;
@@ -93,8 +104,6 @@ pub fn compose(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::
     }
 }
 
-/// Plans, then (unless `dry_run`) writes files, runs compose `subcommand` on the resolved
-/// project and, for `up`, sets the proxy routes.
 /// The runtime directory as a plan problem, when a service has `dsofile://` references and
 /// the directory is not (or would not be) on a tmpfs, so `plan` says what `up` would refuse.
 fn runtime_problem(plan: &plan::Plan) -> Option<plan::Problem> {
@@ -112,12 +121,16 @@ fn runtime_problem(plan: &plan::Plan) -> Option<plan::Problem> {
     })
 }
 
+/// Plans, then (unless `dry_run`) writes files, runs compose `subcommand` on the resolved
+/// project and, for `up`, sets the proxy routes.
+/// `use_agent`: resolve through a running agent when one answers.
 fn run_resolved(
     out: Output,
     config_path: Option<&Path>,
     invocation: Invocation,
     subcommand: &str,
     dry_run: bool,
+    use_agent: bool,
 ) -> anyhow::Result<()> {
     let out = Output {
         json: out.json || invocation.json,
@@ -142,7 +155,18 @@ fn run_resolved(
         Some(path) => Some(config::load(&path).context("loading the configuration")?),
         None => None,
     };
+    // A running agent resolves with its own providers (the CLI may hold no credentials);
+    // without one, or with `--no-agent`, the CLI reads the local vault itself.
     let mut resolver = Resolver::new(config.as_ref(), || open_vault().map(|(_, c)| c));
+    if use_agent && let Some(client) = super::agent::serving_agent(config_path) {
+        resolver = resolver.through_agent(client)?;
+    }
+    if let Some(socket) = resolver.agent_socket() {
+        out.note(&format!(
+            "docker-dso: resolving through the agent at {}",
+            socket.display()
+        ))?;
+    }
     let mut plan = plan::build(&project, &mut resolver, files::is_root());
     if subcommand == "up" {
         // Taken listen addresses are problems like the others: reported together, before
@@ -413,11 +437,9 @@ fn taken_listen_addresses(plan: &Plan) -> anyhow::Result<Vec<plan::Problem>> {
 /// replica, the container's IP address on the project's default network (else on its first
 /// network in name order) and the container port. Nothing is published on the host for these
 /// ports, so the proxy is the only hop.
-// LIMITATION: only a proxy on RUNTIME/proxy.sock is found; a running agent is not asked
-// for its proxy yet — the agent's IPC socket (issue 5) would lift it.
-// LIMITATION: a container that restarts later (daemon restart, `restart:` policy) may get a new
-// address and the route keeps the old one until the next `up` — the agent following Docker
-// events (issue 5) would lift it.
+// The proxy is the one on RUNTIME/proxy.sock, which is also the one a running agent adopts or
+// starts. A container that restarts later with a new address is routed again by the agent
+// (Docker events); without an agent the route keeps the old address until the next `up`.
 // LIMITATION: a network the host cannot reach (macvlan/ipvlan without a host interface) gives
 // an address the proxy cannot dial; the route is set anyway — a connect probe per upstream
 // before the route is set would turn it into an error.

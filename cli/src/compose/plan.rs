@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context as _;
 use controlplane::config::{Config, ProviderSettings};
+use controlplane::ipc::client::IpcClient;
 use controlplane::reference::{self, Injection, Reference};
 use controlplane::secret::SecretValue;
 use controlplane::vault::Contents;
@@ -138,11 +140,41 @@ pub struct Plan {
     pub values: BTreeMap<(String, String), SecretValue>,
 }
 
-/// Where values come from: the local vault (opened on first use) and `dso.yaml`.
+/// Where values come from: a running agent when one serves this user (its providers), else
+/// the local vault (opened on first use); `dso.yaml` names the providers.
 pub struct Resolver<'a> {
     config: Option<&'a Config>,
     open_vault: Box<dyn FnMut() -> anyhow::Result<Contents> + 'a>,
     vault: Option<Result<Contents, String>>,
+    agent: Option<AgentValues>,
+}
+
+/// Values through the agent's `POST /v1/resolve`, one request per reference.
+struct AgentValues {
+    client: IpcClient,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl AgentValues {
+    fn resolve(&self, reference: &Reference) -> Result<SecretValue, (String, Option<String>)> {
+        let text = reference.to_string();
+        let answer = self
+            .runtime
+            .block_on(self.client.resolve(std::slice::from_ref(&text)))
+            .map_err(|e| (format!("the agent could not be asked: {e}"), e.hint()))?;
+        if let Some(problem) = answer.errors.get(&text) {
+            return Err((problem.reason.clone(), problem.hint.clone()));
+        }
+        let hex_value = answer
+            .values
+            .get(&text)
+            .ok_or_else(|| ("the agent's answer lacks the reference".to_owned(), None))?;
+        let bytes = zeroize::Zeroizing::new(
+            hex::decode(hex_value)
+                .map_err(|_| ("the agent's answer is not hex".to_owned(), None))?,
+        );
+        Ok(SecretValue::from_slice(&bytes))
+    }
 }
 
 impl<'a> Resolver<'a> {
@@ -155,7 +187,23 @@ impl<'a> Resolver<'a> {
             config,
             open_vault: Box::new(open_vault),
             vault: None,
+            agent: None,
         }
+    }
+
+    /// Resolves through the agent behind `client` instead of reading the vault.
+    pub fn through_agent(mut self, client: IpcClient) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        self.agent = Some(AgentValues { client, runtime });
+        Ok(self)
+    }
+
+    /// The agent's socket when values come from the agent.
+    pub fn agent_socket(&self) -> Option<&std::path::Path> {
+        self.agent.as_ref().map(|a| a.client.path())
     }
 
     /// The provider name a reference uses.
@@ -198,6 +246,9 @@ impl<'a> Resolver<'a> {
             ));
         }
 
+        if let Some(agent) = &self.agent {
+            return agent.resolve(reference);
+        }
         if self.vault.is_none() {
             self.vault = Some((self.open_vault)().map_err(|e| format!("{e:#}")));
         }

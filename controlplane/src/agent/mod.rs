@@ -99,7 +99,7 @@ impl Rotator for EngineRotator {
 }
 
 /// An error with its causes on one line.
-fn chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -188,7 +188,7 @@ async fn run_async(config_path: &Path, config: Config, args: RunArgs) -> anyhow:
         seen,
         config.agent.watch_interval,
         window,
-        source,
+        source.clone(),
         Arc::new(EngineRotator(engine.clone())),
     );
     let webhook_token = if config.agent.webhook_enabled {
@@ -217,6 +217,7 @@ async fn run_async(config_path: &Path, config: Config, args: RunArgs) -> anyhow:
         proxy: std::sync::Mutex::new(proxy_state),
         services: std::sync::Mutex::new(Vec::new()),
         recovered: std::sync::atomic::AtomicBool::new(false),
+        values: source,
         webhook_token,
         metrics,
     });

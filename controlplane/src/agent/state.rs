@@ -108,6 +108,8 @@ pub struct AgentState {
     pub services: Mutex<Vec<ServiceView>>,
     /// Set once start-up recovery has finished.
     pub recovered: AtomicBool,
+    /// Where values come from (the agent's providers): `POST /v1/resolve` reads through it.
+    pub values: std::sync::Arc<dyn crate::resolve::ValueSource>,
     /// Bearer token of `POST /v1/webhook`, when the webhook is enabled.
     pub webhook_token: Option<SecretValue>,
     /// The Prometheus recorder of this process.

@@ -76,6 +76,7 @@ async fn serve_api(token: Option<&str>) -> (SocketAddr, Shared, tempfile::TempDi
         }),
         services: Mutex::new(Vec::new()),
         recovered: AtomicBool::new(true),
+        values: Arc::new(Fixed),
         webhook_token: token.map(|t| SecretValue::from_slice(t.as_bytes())),
         metrics: None,
     });

@@ -9,7 +9,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
-use super::{CheckRequest, RotateRequest};
+use super::{CheckRequest, ResolveRequest, ResolveResponse, RotateRequest};
 
 /// Why a request to the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +119,23 @@ impl IpcClient {
         .unwrap_or_default();
         self.call(Method::POST, "/v1/check", Bytes::from(body))
             .await
+    }
+
+    /// `POST /v1/resolve`: the values of `references` through the agent's providers.
+    // LIMITATION: the response passes through hyper's and serde's buffers, which are not
+    // wiped; the values are wiped once they are `SecretValue`s — a zeroizing body collector
+    // would lift it.
+    pub async fn resolve(&self, references: &[String]) -> Result<ResolveResponse, IpcClientError> {
+        let uri = "/v1/resolve";
+        let body = serde_json::to_vec(&ResolveRequest {
+            references: references.to_vec(),
+        })
+        .unwrap_or_default();
+        let value = self.call(Method::POST, uri, Bytes::from(body)).await?;
+        serde_json::from_value(value).map_err(|source| IpcClientError::Decode {
+            uri: uri.into(),
+            source,
+        })
     }
 
     /// `GET /v1/events`: calls `on_open` once the agent has subscribed this client (no event

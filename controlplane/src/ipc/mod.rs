@@ -2,10 +2,12 @@
 //! with SO_PEERCRED before its request is read ([`peer`]).
 //!
 //! Requests (all documented in `docs/api.md`): `GET /v1/status`, `GET /v1/events`,
-//! `POST /v1/rotate` (a service or a secret), `POST /v1/check` (a secret). None of them names
-//! a file, a provider configuration or a setting: the agent reads only its own `dso.yaml` and
+//! `POST /v1/rotate` (a service or a secret), `POST /v1/check` (a secret), `POST /v1/resolve`
+//! (references → values, for `docker dso up`). None of them names a file, a provider
+//! configuration or a setting: the agent reads only its own `dso.yaml`, its own providers and
 //! the containers' labels. The original dso let callers hand the agent a provider config to
-//! act on; that class of request does not exist here.
+//! act on; that class of request does not exist here. `resolve` is the one answer that
+//! carries values: only peers that passed the check get it, and it is never logged.
 
 pub mod client;
 pub mod peer;
@@ -53,6 +55,37 @@ pub struct RotateRequest {
     /// Answer only when the rotations ended (with their results).
     #[serde(default)]
     pub wait: bool,
+}
+
+/// Most references one `POST /v1/resolve` may name.
+pub const RESOLVE_MAX: usize = 1024;
+
+/// Body of `POST /v1/resolve`: references as written in a compose file.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// `dso://…` or `dsofile://…` texts.
+    pub references: Vec<String>,
+}
+
+/// Answer of `POST /v1/resolve`: per reference text, the value (hex of its exact bytes) or
+/// why it could not be resolved. Deliberately no `Debug`: it holds values.
+#[derive(Default, Deserialize, Serialize)]
+pub struct ResolveResponse {
+    /// Reference text → value bytes as lower-case hex.
+    pub values: std::collections::BTreeMap<String, String>,
+    /// Reference text → the problem (never a value).
+    pub errors: std::collections::BTreeMap<String, ResolveProblem>,
+}
+
+/// Why the agent could not resolve one reference.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ResolveProblem {
+    /// What failed.
+    pub reason: String,
+    /// What to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 /// Body of `POST /v1/check`.
@@ -243,12 +276,66 @@ async fn dispatch(
                 &serde_json::json!({"secret": body.secret, "checking": matched}),
             )
         }
-        (_, "/v1/status" | "/v1/events" | "/v1/rotate" | "/v1/check") => error(
+        (Method::POST, "/v1/resolve") => resolve(state, uid, request).await,
+        (_, "/v1/status" | "/v1/events" | "/v1/rotate" | "/v1/check" | "/v1/resolve") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed on this path",
         ),
         _ => error(StatusCode::NOT_FOUND, &format!("no such request {path}")),
     }
+}
+
+/// `POST /v1/resolve`: the current value of each reference, through the agent's own value
+/// source (the providers of its `dso.yaml`).
+async fn resolve(state: &Shared, uid: u32, request: Request<Incoming>) -> Response<Body> {
+    let body: ResolveRequest = match read_json(request).await {
+        Ok(body) => body,
+        Err(response) => return *response,
+    };
+    if body.references.len() > RESOLVE_MAX {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("at most {RESOLVE_MAX} references per request"),
+        );
+    }
+    let count = body.references.len();
+    let source = state.values.clone();
+
+    // Vault reads block; the value lives in this task until it is hex-encoded.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut answer = ResolveResponse::default();
+        for text in body.references {
+            let problem = |reason: String, hint: Option<String>| ResolveProblem { reason, hint };
+            match crate::reference::Reference::parse(&text) {
+                Err(err) => {
+                    let hint = Some("see docs/references.md".to_owned());
+                    answer.errors.insert(text, problem(err.to_string(), hint));
+                }
+                Ok(reference) => match source.resolve(&reference) {
+                    Ok(value) => {
+                        answer.values.insert(text, hex::encode(value.expose()));
+                    }
+                    Err(err) => {
+                        let reason = crate::agent::chain(&err);
+                        answer.errors.insert(text, problem(reason, err.hint()));
+                    }
+                },
+            }
+        }
+        answer
+    })
+    .await;
+    let Ok(answer) = answer else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the resolve task failed");
+    };
+    info!(
+        peer.uid = uid,
+        references = count,
+        resolved = answer.values.len(),
+        "references resolved over IPC"
+    );
+    let value = serde_json::to_value(&answer).unwrap_or_default();
+    json(StatusCode::OK, &value)
 }
 
 async fn rotate(state: &Shared, uid: u32, request: Request<Incoming>) -> Response<Body> {

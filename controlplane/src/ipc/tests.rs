@@ -23,6 +23,24 @@ impl ValueSource for Fixed {
     }
 }
 
+/// Byte-exact values for `POST /v1/resolve`: one secret, everything else missing.
+struct Table;
+
+/// Binary bytes, `$` and a quote: must arrive exactly.
+const TABLE_VALUE: &[u8] = b"p$w\"\x00\xffend";
+
+impl ValueSource for Table {
+    fn resolve(&self, reference: &Reference) -> Result<SecretValue, ResolveError> {
+        if reference.path.to_string() == "app/pw" {
+            Ok(SecretValue::from_slice(TABLE_VALUE))
+        } else {
+            Err(ResolveError::Missing {
+                reference: reference.to_string(),
+            })
+        }
+    }
+}
+
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(String, String)>>);
 
@@ -87,6 +105,7 @@ async fn serve_ipc() -> (IpcClient, Arc<Recorder>, tempfile::TempDir) {
         proxy: Mutex::new(ProxyState::default()),
         services: Mutex::new(Vec::new()),
         recovered: AtomicBool::new(true),
+        values: Arc::new(Table),
         webhook_token: None,
         metrics: None,
     });
@@ -182,4 +201,29 @@ async fn a_second_agent_cannot_take_a_live_socket() {
         Err(IpcError::InUse { .. }) => {}
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn resolve_returns_exact_values_and_named_problems() {
+    let (client, _recorder, _dir) = serve_ipc().await;
+    let references = vec![
+        "dso://app/pw".to_owned(),
+        "dsofile://app/pw".to_owned(),
+        "dso://app/missing".to_owned(),
+        "dso://bad path".to_owned(),
+    ];
+    let answer = client.resolve(&references).await.unwrap();
+    assert_eq!(answer.values.len(), 2);
+    for text in &references[..2] {
+        assert_eq!(hex::decode(&answer.values[text]).unwrap(), TABLE_VALUE);
+    }
+    let missing = &answer.errors["dso://app/missing"];
+    assert!(missing.reason.contains("no secret"), "{missing:?}");
+    assert!(missing.hint.is_some());
+    assert!(answer.errors.contains_key("dso://bad path"));
+
+    // Bounded and strict: too many references, or an unknown field, is a 400.
+    let many = vec!["dso://app/pw".to_owned(); RESOLVE_MAX + 1];
+    let err = client.resolve(&many).await.err().expect("refused");
+    assert!(err.to_string().contains("400"), "{err}");
 }

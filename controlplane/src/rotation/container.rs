@@ -161,6 +161,10 @@ pub fn replacement(
     let short_id: String = old_id.chars().take(12).collect();
 
     // Labels: the new generation directory and the rotation that made it.
+    // LIMITATION: compose's `com.docker.compose.config-hash` is copied as it is, so after a
+    // rotation to new values the next `docker dso up` sees a changed hash and recreates the
+    // container once (compose's stop-and-start, not a rotation) — computing compose's hash of
+    // the new definition (`compose config --hash`) would lift it.
     let mut labels = config.labels.clone().unwrap_or_default();
     let old_files = labels.get(FILES_DIR_LABEL).cloned();
     if let Some(dir) = new_files {

@@ -1039,12 +1039,13 @@ impl Engine {
                 .await
                 .map_err(proxy_error(&route.route, "switch"))?;
             info!(route = %route.route, generation = change.generation,
-                upstream.addr = %address, "route switched");
+                upstream.addr = %address, released = change.released, "route switched");
             emit(
                 &self.events,
                 Event::RouteSwapped {
                     route: route.route.clone(),
                     generation: change.generation,
+                    released: change.released,
                 },
             );
         }
