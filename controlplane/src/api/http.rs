@@ -164,6 +164,22 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// Answers a connection that found every slot taken with a plain 503 and closes it, instead of
+/// leaving it in the listen backlog where a health check would only time out.
+pub async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S) {
+    const BODY: &str = "{\"error\":\"too many connections; try again shortly\"}\n";
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,20 +203,4 @@ mod tests {
             "event: route_held\ndata: {\"route\":\"p.s.80\",\"type\":\"route_held\"}\n\n"
         );
     }
-}
-
-/// Answers a connection that found every slot taken with a plain 503 and closes it, instead of
-/// leaving it in the listen backlog where a health check would only time out.
-pub async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S) {
-    const BODY: &str = "{\"error\":\"too many connections; try again shortly\"}\n";
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, async {
-        let _ = stream.write_all(response.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
 }
