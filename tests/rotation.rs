@@ -503,10 +503,15 @@ fn postgres_restart_with_hold_loses_no_connection() -> Result<()> {
     let out = pg("pgbench", &["-i", "-q", "-s", "1", "postgres"]).output()?;
     ensure!(out.status.success(), "pgbench -i: {}", outputs(&out));
 
-    let bench = pg("pgbench", &["-C", "-S", "-c", "2", "-T", "12", "postgres"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
+    // Two clients on two threads: with one thread, pgbench's blocking connect of a parked
+    // client would also stall the other client's open connection.
+    let bench = pg(
+        "pgbench",
+        &["-C", "-S", "-c", "2", "-j", "2", "-T", "12", "postgres"],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()?;
     std::thread::sleep(Duration::from_secs(2));
     home.set_secret("pg/note", b"two")?;
     let out = agent.rotate(&format!("{}/db", project.name), None)?;

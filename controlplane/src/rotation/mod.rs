@@ -822,9 +822,7 @@ impl Engine {
                 // one's start and its health check: the hold outlasts all of them.
                 let hold = HoldRequest {
                     timeout_ms: Some(
-                        millis(self.config.health_timeout)
-                            + millis(self.config.drain_timeout)
-                            + HOLD_SLACK_MS,
+                        millis(self.config.health_timeout) + millis(QUIESCE_MAX) + HOLD_SLACK_MS,
                     ),
                 };
                 for route in &run.journal.journal.routes {
@@ -954,16 +952,20 @@ impl Engine {
         Ok(id)
     }
 
-    /// Waits until a held route has no open connection left, at most the drain timeout.
+    /// Waits until a held route has no open connection left, at most [`QUIESCE_MAX`] (or the
+    /// drain timeout when shorter).
     ///
     /// Only new clients are parked by a hold; the ones accepted before it still talk to the
-    /// old container. Reports how many ended on their own and how many were still open when
-    /// the wait gave up (the old container's stop cuts those).
+    /// old container. Short exchanges (a handshake, a transaction) end within the bound;
+    /// pooled connections that stay open would only delay every parked client, and the old
+    /// container's stop closes them anyway. Reports how many ended on their own and how many
+    /// were still open when the wait gave up.
     async fn quiesce(&self, route: &str) -> Result<(), RotationError> {
         let open = |view: &dataplane::api::RouteView| -> u64 {
             view.generations.iter().map(|g| g.active).sum()
         };
-        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        let bound = self.config.drain_timeout.min(QUIESCE_MAX);
+        let deadline = tokio::time::Instant::now() + bound;
         let first = self
             .proxy
             .route(route)
@@ -1546,6 +1548,11 @@ fn strategy_name(strategy: Strategy) -> &'static str {
 /// How much longer than the rotation's own bounds a `restart` hold lasts: time for the stop,
 /// the start and the route switch themselves.
 const HOLD_SLACK_MS: u64 = 10_000;
+
+/// Longest wait of a `restart` for the connections accepted before its hold: enough for
+/// in-flight handshakes and transactions; a pooled connection that stays open longer is
+/// closed by the old container's stop, and its pool reconnects into the hold.
+pub const QUIESCE_MAX: Duration = Duration::from_secs(2);
 
 /// How often a `restart` asks the proxy whether the held route's connections have ended.
 const QUIESCE_POLL: Duration = Duration::from_millis(20);
