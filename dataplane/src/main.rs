@@ -104,6 +104,13 @@ struct Args {
     #[arg(long, value_name = "MODE", default_value = "auto")]
     forwarding: ForwardMode,
 
+    /// Size of each splice pipe in bytes, 4096 to 1048576 (the unprivileged maximum).
+    #[arg(long, value_name = "BYTES", default_value_t = settings::PIPE_SIZE,
+        value_parser = clap::value_parser!(u32)
+            .range(settings::PIPE_SIZE_MIN as i64..=settings::PIPE_SIZE as i64)
+            .map(|n| n as usize))]
+    pipe_size: usize,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or dataplane=debug.
     #[arg(
         long,
@@ -220,6 +227,7 @@ fn plan(args: Args) -> Result<Plan> {
         half_close_linger: ms(args.half_close_linger_ms),
         backlog: args.backlog,
         forward_mode: args.forwarding,
+        pipe_size: args.pipe_size,
         control_timeout: ms(args.control_timeout_ms),
     };
     Ok(Plan {
@@ -406,5 +414,21 @@ mod tests {
         assert!(args(&["--control", "/tmp/x.sock", "--idle-timeout-ms", "0"]).is_ok());
         let err = args(&["--control", "/tmp/x.sock", "--forwarding", "fast"]).unwrap_err();
         assert!(err.to_string().contains("fast"), "{err}");
+    }
+
+    #[test]
+    fn pipe_size_is_bounded_and_defaults_to_one_mib() {
+        let plan = plan(args(&["--control", "/tmp/x.sock"]).unwrap()).unwrap();
+        assert_eq!(plan.settings.pipe_size, 1024 * 1024);
+        let set = plan_of(&["--control", "/tmp/x.sock", "--pipe-size", "65536"]);
+        assert_eq!(set.settings.pipe_size, 65536);
+        for bad in ["4095", "1048577", "big"] {
+            let err = args(&["--control", "/tmp/x.sock", "--pipe-size", bad]).unwrap_err();
+            assert!(err.to_string().contains("--pipe-size"), "{bad}: {err}");
+        }
+    }
+
+    fn plan_of(argv: &[&str]) -> Plan {
+        plan(args(argv).unwrap()).unwrap()
     }
 }

@@ -8,16 +8,22 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Pipe size asked for. 64 KiB is the Linux default and needs no privilege; larger pipes
-/// would pin more memory per busy direction.
-const PIPE_SIZE: libc::c_int = 64 * 1024;
+/// Pipe size asked for, set once at start from the settings ([`set_size`]); see
+/// [`crate::settings::PIPE_SIZE`] for why the default is 1 MiB.
+static SIZE: AtomicUsize = AtomicUsize::new(crate::settings::PIPE_SIZE);
 /// Empty pipes kept for reuse; the rest are closed.
 const POOL_MAX: usize = 64;
 
 // LIMITATION: Linux only (splice(2), F_SETPIPE_SZ); the crate does not build elsewhere —
 // the product targets Linux Docker hosts [a cfg-gated copy-only path would lift it].
 static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+/// Sets the size new pipes ask for. Pipes already pooled keep theirs.
+pub(crate) fn set_size(bytes: usize) {
+    SIZE.store(bytes, Ordering::Relaxed);
+}
 
 /// One pipe: bytes spliced into `write` come out of `read`.
 pub(crate) struct Pipe {
@@ -58,8 +64,9 @@ impl Pipe {
 
         // A failed resize (the per-user pipe page quota is spent) keeps the pipe usable at
         // whatever size the kernel gave it.
+        let size = libc::c_int::try_from(SIZE.load(Ordering::Relaxed)).unwrap_or(libc::c_int::MAX);
         // SAFETY: fcntl on a valid open fd with integer arguments.
-        let granted = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        let granted = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
         let capacity = if granted > 0 {
             granted as usize
         } else {

@@ -109,6 +109,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(settings: Settings) -> Arc<Proxy> {
+        crate::pipe::set_size(settings.pipe_size);
         Arc::new(Proxy {
             settings: Arc::new(settings),
             routes: Mutex::new(BTreeMap::new()),

@@ -19,6 +19,16 @@ pub const MAX_CONNECTIONS: usize = 16_384;
 /// one-second budget turned each such drop into a failed client (measured: 10 % of requests
 /// failed with 200 concurrent clients against a small busybox backlog; none with 3 s).
 pub const CONNECT_BUDGET: Duration = Duration::from_secs(3);
+/// Default size of the splice(2) pipes, in bytes.
+///
+/// 1 MiB, the largest an unprivileged process may ask for (`fs.pipe-max-size`): each splice
+/// moves up to that much per system call and wake-up. Measured on loopback with iperf3, one
+/// stream through the proxy: 64 KiB pipes 9.8–11.0 Gb/s, 256 KiB 10.7–12.4, 1 MiB 12.9–13.9
+/// (direct 29–32, three interleaved rounds). A pipe is held only while a direction moves bulk
+/// data, and its pages only while they hold bytes in flight.
+pub const PIPE_SIZE: usize = 1024 * 1024;
+/// Smallest accepted `--pipe-size`: one page.
+pub const PIPE_SIZE_MIN: usize = 4096;
 /// Default deadline for draining every connection on SIGTERM.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 /// Default silence allowed after one side closed before the other is closed too.
@@ -72,6 +82,8 @@ pub struct Settings {
     pub half_close_linger: Duration,
     pub backlog: i32,
     pub forward_mode: ForwardMode,
+    /// Size asked for each splice pipe, in bytes (the kernel may grant less).
+    pub pipe_size: usize,
     /// Time a control client has to send a request's headers (counted from the connection or
     /// the previous response), and then again its body; a slower client is disconnected.
     pub control_timeout: Duration,
@@ -90,6 +102,7 @@ impl Default for Settings {
             half_close_linger: HALF_CLOSE_LINGER,
             backlog: BACKLOG,
             forward_mode: ForwardMode::Auto,
+            pipe_size: PIPE_SIZE,
             control_timeout: CONTROL_TIMEOUT,
         }
     }
