@@ -11,16 +11,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use sha2::{Digest, Sha256};
 use support::agent::{self, AgentConfig, TOKEN, request, wait_for};
 use support::docker::ensure_daemon;
 use support::dso::{Compose, Home, Project, rand_bytes};
+use support::images::app_fingerprint;
 use support::{http, images};
-
-/// First 16 hex digits of the SHA-256 of `value`: what the app reports for what it loaded.
-fn app_fingerprint(value: &[u8]) -> String {
-    hex::encode(Sha256::digest(value))[..16].to_owned()
-}
 
 /// A home with a secret, a project with one proxied app service, `up -d` (which starts the
 /// proxy, not the agent), and the agent's config. Returns the proxied address too.

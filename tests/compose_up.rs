@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
 use support::docker::{self, ensure_daemon};
 use support::dso::{Compose, Home, Project, container_env, rand_bytes, scan_for};
-use support::images;
+use support::images::{self, app_fingerprint};
 
 /// The tricky values of the issue, byte for byte.
 const PEM: &str = "-----BEGIN KEY-----\nMIIBdso+/=\n-----END KEY-----";
@@ -361,7 +361,7 @@ fn postgres_through_the_proxy_on_loopback_v1() -> Result<()> {
         &container,
     ])?;
     ensure!(!ip.is_empty(), "no address on {network}");
-    let routes = proxy_routes(&home)?;
+    let routes = home.proxy_routes()?;
     ensure!(routes.len() == 1, "{routes:?}");
     ensure!(routes[0].local_addr == "127.0.0.1:15432", "{:?}", routes[0]);
     ensure!(
@@ -416,14 +416,6 @@ fn postgres_through_the_proxy_on_loopback_v1() -> Result<()> {
     let after = docker::run(Command::new("ss").args(["-Hltn"]))?;
     ensure!(!after.contains(":15432 "), "15432 still listening");
     Ok(())
-}
-
-fn proxy_routes(home: &Home) -> Result<Vec<dataplane::api::RouteView>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = dataplane::client::ProxyClient::new(home.runtime.join("proxy.sock"));
-    Ok(runtime.block_on(client.routes())?)
 }
 
 fn wait_healthy(container: &str, timeout: Duration) -> Result<()> {
@@ -502,38 +494,6 @@ fn relative_paths_resolve_from_the_project_directory_v2() -> Result<()> {
     relative_paths_resolve_from_the_project_directory(Compose::V2)
 }
 
-/// A loopback port that was free a moment ago (the test binds nothing on it itself).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// First 16 hex digits of the SHA-256 of `value`, as the app reports it.
-fn fingerprint(value: &[u8]) -> String {
-    hex::encode(Sha256::digest(value))[..16].to_owned()
-}
-
-/// Container ids of `service`, in container-name order (the order `up` gives upstreams).
-fn replicas(project: &Project, service: &str) -> Result<Vec<(String, String)>> {
-    let listing = docker::docker([
-        "ps",
-        "--filter",
-        &format!("label=com.docker.compose.project={}", project.name),
-        "--filter",
-        &format!("label=com.docker.compose.service={service}"),
-        "--format",
-        "{{.Names}} {{.ID}}",
-    ])?;
-    let mut found: Vec<(String, String)> = listing
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, i)| (n.to_owned(), i.to_owned()))
-        .collect();
-    found.sort();
-    Ok(found)
-}
-
 /// Checks that `container` publishes nothing on the host and returns `IP:port` of its address
 /// on the project's default network (as text: the test never dials it).
 fn unpublished_upstream(project: &Project, container: &str, port: u16) -> Result<String> {
@@ -548,33 +508,7 @@ fn unpublished_upstream(project: &Project, container: &str, port: u16) -> Result
         bindings.as_object().is_none_or(|m| m.is_empty()),
         "{container} has host port bindings: {bindings}"
     );
-    let network = format!("{}_default", project.name);
-    let ip = docker::docker([
-        "inspect",
-        "--format",
-        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
-        container,
-    ])?;
-    ensure!(!ip.is_empty(), "{container} has no address on {network}");
-    Ok(format!("{ip}:{port}"))
-}
-
-/// Polls `GET /secret-version` on a loopback address until it reports `want`.
-fn wait_for_version(addr: std::net::SocketAddr, want: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let last = match support::http::get(addr, "/secret-version") {
-            Ok(response) if response.status == 200 && response.text().contains(want) => {
-                return Ok(());
-            }
-            Ok(response) => response.text(),
-            Err(error) => format!("{error:#}"),
-        };
-        if Instant::now() > deadline {
-            bail!("{addr} never reported {want}; last: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    project.default_network_address(container, port)
 }
 
 /// Compose features the user may combine (extends from another file, a YAML alias, `env_file`,
@@ -591,7 +525,7 @@ fn compose_features_behind_the_proxy(compose: Compose) -> Result<()> {
     let first = format!("first-{}", hex::encode(&rand_bytes()?[..8]));
     home.set_secret("t/a", first.as_bytes())?;
     home.set_secret("t/json", br#"{"user": "u$1"}"#)?;
-    let (api_port, named_port) = (free_port()?, free_port()?);
+    let (api_port, named_port) = (support::agent::free_port()?, support::agent::free_port()?);
 
     let dir = home.dir().join("proj dir");
     std::fs::create_dir_all(&dir)?;
@@ -637,7 +571,7 @@ fn compose_features_behind_the_proxy(compose: Compose) -> Result<()> {
     );
 
     project.run_ok("up", &["-d"])?;
-    let api_replicas = replicas(&project, "api")?;
+    let api_replicas = project.service_containers("api", false)?;
     ensure!(api_replicas.len() == 2, "{api_replicas:?}");
     let (_, first_api) = &api_replicas[0];
     ensure!(container_env(first_api, "FROM_BASE")? == first.as_bytes());
@@ -651,12 +585,12 @@ fn compose_features_behind_the_proxy(compose: Compose) -> Result<()> {
 
     let expect_routes = |project: &Project| -> Result<()> {
         let mut want_api = Vec::new();
-        for (_, id) in replicas(project, "api")? {
+        for (_, id) in project.service_containers("api", false)? {
             want_api.push(unpublished_upstream(project, &id, 8080)?);
         }
         let named_id = project.container("named")?;
         let want_named = vec![unpublished_upstream(project, &named_id, 8080)?];
-        let routes = proxy_routes(&home)?;
+        let routes = home.proxy_routes()?;
         let route = |port: u16| {
             routes
                 .iter()
@@ -670,10 +604,15 @@ fn compose_features_behind_the_proxy(compose: Compose) -> Result<()> {
     expect_routes(&project)?;
     let api_addr = format!("127.0.0.1:{api_port}").parse()?;
     let named_addr = format!("127.0.0.1:{named_port}").parse()?;
-    wait_for_version(api_addr, &format!("env={}", fingerprint(first.as_bytes())))?;
-    wait_for_version(
+    support::http::wait_for_body(
+        api_addr,
+        "/secret-version",
+        &format!("env={}", app_fingerprint(first.as_bytes())),
+    )?;
+    support::http::wait_for_body(
         named_addr,
-        &format!("file={}", fingerprint(first.as_bytes())),
+        "/secret-version",
+        &format!("file={}", app_fingerprint(first.as_bytes())),
     )?;
 
     // A second `up` with nothing changed keeps every container.
@@ -698,10 +637,15 @@ fn compose_features_behind_the_proxy(compose: Compose) -> Result<()> {
         "the named container was not recreated"
     );
     expect_routes(&project)?;
-    wait_for_version(api_addr, &format!("env={}", fingerprint(second.as_bytes())))?;
-    wait_for_version(
+    support::http::wait_for_body(
+        api_addr,
+        "/secret-version",
+        &format!("env={}", app_fingerprint(second.as_bytes())),
+    )?;
+    support::http::wait_for_body(
         named_addr,
-        &format!("file={}", fingerprint(second.as_bytes())),
+        "/secret-version",
+        &format!("file={}", app_fingerprint(second.as_bytes())),
     )?;
 
     // The proxy dies; `down` still cleans everything, its pid file and socket included.
@@ -745,7 +689,7 @@ fn hostile_projects_are_refused_before_anything_exists_v1() -> Result<()> {
     home.set_secret("t/a", sentinel.as_bytes())?;
     let holder = std::net::TcpListener::bind("127.0.0.1:0")?;
     let held = holder.local_addr()?.port();
-    let (shared, host_mode) = (free_port()?, free_port()?);
+    let (shared, host_mode) = (support::agent::free_port()?, support::agent::free_port()?);
 
     let a = format!(
         "    image: {app}\n    command: [\"/bin/sleep\", \"dso://t/a\"]\n    environment:\n      \

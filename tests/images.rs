@@ -12,9 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use sha2::{Digest, Sha256};
 
 use support::docker::{self, ContainerSpec, Network, OWNER_LABEL, TEST_LABEL};
+use support::images::app_fingerprint;
 use support::{http, images};
 
 /// Upper bound for a container to come up (Postgres includes initdb).
@@ -22,11 +22,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A value that breaks naive quoting: a `$`, both quote kinds and a line break.
 const AWKWARD_VALUE: &str = "p$HOME'x\"y\nline two $$1";
-
-/// The app's fingerprint: the first 16 hex digits of the SHA-256 of the exact bytes.
-fn fingerprint(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))[..16].to_owned()
-}
 
 /// A private directory for secret fixture files, on tmpfs when the host has /dev/shm.
 fn secret_dir() -> Result<tempfile::TempDir> {
@@ -95,8 +90,8 @@ fn app_image_reports_fingerprints_and_never_the_value() -> Result<()> {
     assert_eq!(
         version,
         [
-            format!("env={}", fingerprint(AWKWARD_VALUE.as_bytes())),
-            format!("file={}", fingerprint(file_value)),
+            format!("env={}", app_fingerprint(AWKWARD_VALUE.as_bytes())),
+            format!("file={}", app_fingerprint(file_value)),
             "loads=1".to_owned(),
         ]
     );
@@ -138,7 +133,7 @@ fn app_reloads_its_secret_only_on_sighup() -> Result<()> {
     http::wait_ok(addr, "/health", START_TIMEOUT)?;
     let first = [
         "env=unset".to_owned(),
-        format!("file={}", fingerprint(b"generation one")),
+        format!("file={}", app_fingerprint(b"generation one")),
         "loads=1".to_owned(),
     ];
     assert_eq!(secret_version(addr)?, first);
@@ -150,7 +145,7 @@ fn app_reloads_its_secret_only_on_sighup() -> Result<()> {
     app.signal("HUP")?;
     let second = [
         "env=unset".to_owned(),
-        format!("file={}", fingerprint(b"generation two")),
+        format!("file={}", app_fingerprint(b"generation two")),
         "loads=2".to_owned(),
     ];
     let deadline = Instant::now() + START_TIMEOUT;

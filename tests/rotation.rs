@@ -8,88 +8,17 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use sha2::{Digest as _, Sha256};
 use support::docker::{self, ensure_daemon};
 use support::dso::{Compose, Home, Project, container_env, rand_bytes};
-use support::images;
+use support::http;
+use support::images::{self, app_fingerprint};
 use support::rotation_agent::{Agent, Load, outputs};
 
 /// `dso.yaml` of the tests: tight timeouts, so a failing health check fails fast.
 const DSO_YAML: &str = "version: 1\ndefaults:\n  health_timeout: 20s\n  drain_timeout: 5s\n";
 
-/// First 16 hex digits of the SHA-256 of `value`, as the app reports it.
-fn fingerprint(value: &[u8]) -> String {
-    hex::encode(Sha256::digest(value))[..16].to_owned()
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn random_value(prefix: &str) -> Result<String> {
     Ok(format!("{prefix}-{}", hex::encode(&rand_bytes()?[..8])))
-}
-
-fn proxy_routes(home: &Home) -> Result<Vec<dataplane::api::RouteView>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = dataplane::client::ProxyClient::new(home.runtime.join("proxy.sock"));
-    Ok(runtime.block_on(client.routes())?)
-}
-
-/// Every container of a service in any state, as (name, id), the temporary ones included.
-fn service_containers(project: &Project, service: &str) -> Result<Vec<(String, String)>> {
-    let listing = docker::docker([
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=com.docker.compose.project={}", project.name),
-        "--filter",
-        &format!("label=com.docker.compose.service={service}"),
-        "--format",
-        "{{.Names}} {{.ID}}",
-    ])?;
-    let mut found: Vec<(String, String)> = listing
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, i)| (n.to_owned(), i.to_owned()))
-        .collect();
-    found.sort();
-    Ok(found)
-}
-
-/// The container's address on the project network for `port` (compared as text only).
-fn upstream_of(project: &Project, container: &str, port: u16) -> Result<String> {
-    let network = format!("{}_default", project.name);
-    let ip = docker::docker([
-        "inspect",
-        "--format",
-        &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
-        container,
-    ])?;
-    ensure!(!ip.is_empty(), "{container} has no address on {network}");
-    Ok(format!("{ip}:{port}"))
-}
-
-/// Polls `GET /secret-version` through the proxy until it contains `want`.
-fn wait_for_version(addr: std::net::SocketAddr, want: &str) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let last = match support::http::get(addr, "/secret-version") {
-            Ok(response) if response.status == 200 && response.text().contains(want) => {
-                return Ok(response.text());
-            }
-            Ok(response) => response.text(),
-            Err(error) => format!("{error:#}"),
-        };
-        if Instant::now() > deadline {
-            bail!("{addr} never reported {want}; last: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The end state every rotation and every recovery promises: exactly one container of the
@@ -102,7 +31,7 @@ fn expect_one_serving(
     name: &str,
     port: u16,
 ) -> Result<String> {
-    let containers = service_containers(project, service)?;
+    let containers = project.service_containers(service, true)?;
     ensure!(
         containers.len() == 1 && containers[0].0 == name,
         "want exactly {name}, found {containers:?}"
@@ -110,8 +39,8 @@ fn expect_one_serving(
     let id = containers[0].1.clone();
     let state = docker::docker(["inspect", "--format", "{{.State.Status}}", &id])?;
     ensure!(state == "running", "{name} is {state}");
-    let want = upstream_of(project, &id, 8080)?;
-    let routes = proxy_routes(project.home)?;
+    let want = project.default_network_address(&id, 8080)?;
+    let routes = project.home.proxy_routes()?;
     let route = routes
         .iter()
         .find(|r| r.local_addr == format!("127.0.0.1:{port}"))
@@ -168,14 +97,19 @@ fn rolling_swaps_under_load_without_a_failed_request() -> Result<()> {
     let (first, second) = (random_value("first")?, random_value("second")?);
     home.set_secret("t/a", first.as_bytes())?;
     home.set_secret("t/f", b"file-one")?;
-    let port = free_port()?;
+    let port = support::agent::free_port()?;
     let project = Project::new(&home, &[("web", &app_service(&app, port, "rolling", ""))])?;
     project.run_ok("up", &["-d"])?;
-    let (name, old_id) = service_containers(&project, "web")?
+    let (name, old_id) = project
+        .service_containers("web", true)?
         .pop()
         .context("no container")?;
     let addr = format!("127.0.0.1:{port}").parse()?;
-    wait_for_version(addr, &format!("env={}", fingerprint(first.as_bytes())))?;
+    http::wait_for_body(
+        addr,
+        "/secret-version",
+        &format!("env={}", app_fingerprint(first.as_bytes())),
+    )?;
 
     // Change the secret, rotate, all under load.
     let load = Load::start(addr, "/secret-version", 2);
@@ -190,8 +124,8 @@ fn rolling_swaps_under_load_without_a_failed_request() -> Result<()> {
 
     // 0 failed requests; per worker: old, then only new.
     let (old_fp, new_fp) = (
-        format!("env={}", fingerprint(first.as_bytes())),
-        format!("env={}", fingerprint(second.as_bytes())),
+        format!("env={}", app_fingerprint(first.as_bytes())),
+        format!("env={}", app_fingerprint(second.as_bytes())),
     );
     let mut total = 0;
     let mut first_new: Option<Instant> = None;
@@ -232,9 +166,9 @@ fn rolling_swaps_under_load_without_a_failed_request() -> Result<()> {
         "not replaced"
     );
     ensure!(container_env(&new_id, "APP_SECRET")? == second.as_bytes());
-    let version = wait_for_version(addr, &new_fp)?;
+    let version = http::wait_for_body(addr, "/secret-version", &new_fp)?;
     ensure!(
-        version.contains(&format!("file={}", fingerprint(b"file-two"))),
+        version.contains(&format!("file={}", app_fingerprint(b"file-two"))),
         "{version}"
     );
 
@@ -260,7 +194,7 @@ fn unhealthy_replacement_is_rolled_back() -> Result<()> {
     let first = random_value("first")?;
     home.set_secret("t/a", first.as_bytes())?;
     home.set_secret("t/f", b"file-one")?;
-    let port = free_port()?;
+    let port = support::agent::free_port()?;
     let check = "    healthcheck:\n      test: [\"CMD-SHELL\", \"case \\\"$$APP_SECRET\\\" in bad-*) \
                  exit 1;; esac\"]\n      interval: 1s\n      retries: 1\n";
     let project = Project::new(
@@ -268,13 +202,14 @@ fn unhealthy_replacement_is_rolled_back() -> Result<()> {
         &[("web", &app_service(&app, port, "rolling", check))],
     )?;
     project.run_ok("up", &["-d"])?;
-    let (name, old_id) = service_containers(&project, "web")?
+    let (name, old_id) = project
+        .service_containers("web", true)?
         .pop()
         .context("no container")?;
     let addr = format!("127.0.0.1:{port}").parse()?;
-    let old_fp = format!("env={}", fingerprint(first.as_bytes()));
-    wait_for_version(addr, &old_fp)?;
-    let routes_before = proxy_routes(&home)?;
+    let old_fp = format!("env={}", app_fingerprint(first.as_bytes()));
+    http::wait_for_body(addr, "/secret-version", &old_fp)?;
+    let routes_before = home.proxy_routes()?;
 
     home.set_secret("t/a", random_value("bad")?.as_bytes())?;
     let out = agent.rotate(&format!("{}/web", project.name), None)?;
@@ -292,7 +227,8 @@ fn unhealthy_replacement_is_rolled_back() -> Result<()> {
         id == old_id,
         "the old container {old_id} was replaced by {id}"
     );
-    let after: Vec<_> = proxy_routes(&home)?
+    let after: Vec<_> = home
+        .proxy_routes()?
         .into_iter()
         .map(|r| (r.name, r.upstreams))
         .collect();
@@ -301,7 +237,7 @@ fn unhealthy_replacement_is_rolled_back() -> Result<()> {
         .map(|r| (r.name, r.upstreams))
         .collect();
     ensure!(after == before, "routes changed: {before:?} -> {after:?}");
-    wait_for_version(addr, &old_fp)?;
+    http::wait_for_body(addr, "/secret-version", &old_fp)?;
     Ok(())
 }
 
@@ -317,14 +253,19 @@ fn recovery_after_a_crash_at_each_step(strategy: &str, steps: &[&str]) -> Result
     let mut current = random_value("v")?;
     home.set_secret("t/a", current.as_bytes())?;
     home.set_secret("t/f", b"file")?;
-    let port = free_port()?;
+    let port = support::agent::free_port()?;
     let project = Project::new(&home, &[("web", &app_service(&app, port, strategy, ""))])?;
     project.run_ok("up", &["-d"])?;
-    let (name, _) = service_containers(&project, "web")?
+    let (name, _) = project
+        .service_containers("web", true)?
         .pop()
         .context("no container")?;
     let addr = format!("127.0.0.1:{port}").parse()?;
-    wait_for_version(addr, &format!("env={}", fingerprint(current.as_bytes())))?;
+    http::wait_for_body(
+        addr,
+        "/secret-version",
+        &format!("env={}", app_fingerprint(current.as_bytes())),
+    )?;
     let service = format!("{}/web", project.name);
 
     for (index, step) in steps.iter().enumerate() {
@@ -368,8 +309,12 @@ fn recovery_after_a_crash_at_each_step(strategy: &str, steps: &[&str]) -> Result
             container_env(&id, "APP_SECRET")? == want.as_bytes(),
             "step {step}: wrong value after recovery (committed: {committed})"
         );
-        wait_for_version(addr, &format!("env={}", fingerprint(want.as_bytes())))
-            .with_context(|| format!("after a crash at step {step}"))?;
+        http::wait_for_body(
+            addr,
+            "/secret-version",
+            &format!("env={}", app_fingerprint(want.as_bytes())),
+        )
+        .with_context(|| format!("after a crash at step {step}"))?;
         if committed {
             current = next;
         }
@@ -427,7 +372,7 @@ fn signal_rewrites_the_files_and_reloads_in_place() -> Result<()> {
     let home = Home::new(Compose::V1)?;
     let agent = Agent::new(&home, DSO_YAML)?;
     home.set_secret("t/f", b"file-one")?;
-    let port = free_port()?;
+    let port = support::agent::free_port()?;
     let body = format!(
         "    image: {app}\n    environment:\n      APP_SECRET_FILE: dsofile://t/f\n    ports:\n      \
          - \"127.0.0.1:{port}:8080\"\n    stop_grace_period: 1s\n    labels:\n      \
@@ -435,11 +380,16 @@ fn signal_rewrites_the_files_and_reloads_in_place() -> Result<()> {
     );
     let project = Project::new(&home, &[("web", &body)])?;
     project.run_ok("up", &["-d"])?;
-    let (name, id) = service_containers(&project, "web")?
+    let (name, id) = project
+        .service_containers("web", true)?
         .pop()
         .context("no container")?;
     let addr = format!("127.0.0.1:{port}").parse()?;
-    wait_for_version(addr, &format!("file={}", fingerprint(b"file-one")))?;
+    http::wait_for_body(
+        addr,
+        "/secret-version",
+        &format!("file={}", app_fingerprint(b"file-one")),
+    )?;
 
     home.set_secret("t/f", b"file-two")?;
     let out = agent.rotate(&format!("{}/web", project.name), None)?;
@@ -449,7 +399,11 @@ fn signal_rewrites_the_files_and_reloads_in_place() -> Result<()> {
         "{}",
         outputs(&out)
     );
-    let version = wait_for_version(addr, &format!("file={}", fingerprint(b"file-two")))?;
+    let version = http::wait_for_body(
+        addr,
+        "/secret-version",
+        &format!("file={}", app_fingerprint(b"file-two")),
+    )?;
     ensure!(version.contains("loads=2"), "{version}");
     let same = expect_one_serving(&project, &agent, "web", &name, port)?;
     ensure!(same == id, "the container was replaced");
@@ -468,7 +422,7 @@ fn postgres_restart_with_hold_loses_no_connection() -> Result<()> {
     let password = "pw-for-pgbench";
     home.set_secret("pg/password", password.as_bytes())?;
     home.set_secret("pg/note", b"one")?;
-    let port = free_port()?;
+    let port = support::agent::free_port()?;
     let body = format!(
         "    image: {image}\n    environment:\n      POSTGRES_PASSWORD_FILE: dsofile://pg/password\n      \
          NOTE: dso://pg/note\n    volumes:\n      - /var/lib/postgresql/data\n    ports:\n      \
@@ -551,7 +505,7 @@ fn postgres_restart_with_hold_loses_no_connection() -> Result<()> {
          rotation: {outcome}"
     );
 
-    let containers = service_containers(&project, "db")?;
+    let containers = project.service_containers("db", true)?;
     ensure!(containers.len() == 1, "{containers:?}");
     ensure!(container_env(&containers[0].1, "NOTE")? == b"two");
     let out = pg("psql", &["-tAc", "SELECT count(*) FROM pgbench_accounts"]).output()?;

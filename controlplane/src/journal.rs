@@ -10,9 +10,7 @@
 //! right after journaling that step (the crash tests use it; it is harmless in production,
 //! where the variable is not set).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -244,28 +242,16 @@ impl JournalFile {
     }
 
     fn write(&self) -> Result<(), JournalError> {
-        let io = |step, path: &Path| {
-            let path = path.to_owned();
-            move |source| JournalError::Io { step, path, source }
-        };
         let bytes =
             serde_json::to_vec_pretty(&self.journal).map_err(|source| JournalError::Parse {
                 path: self.path.clone(),
                 source,
             })?;
-        let temp = self.path.with_extension("json.tmp");
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(io("create", &temp))?;
-        file.write_all(&bytes).map_err(io("write", &temp))?;
-        file.sync_all().map_err(io("fsync", &temp))?;
-        drop(file);
-        fs::rename(&temp, &self.path).map_err(io("rename", &self.path))?;
-        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+        crate::atomic::replace(&self.path, &bytes, 0o600).map_err(|failed| JournalError::Io {
+            step: failed.step,
+            path: failed.path,
+            source: failed.source,
+        })
     }
 }
 

@@ -151,6 +151,15 @@ impl Home {
         command
     }
 
+    /// The routes of the proxy on this home's runtime directory (`GET /v1/routes`).
+    pub fn proxy_routes(&self) -> Result<Vec<dataplane::api::RouteView>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = dataplane::client::ProxyClient::new(self.runtime.join("proxy.sock"));
+        Ok(runtime.block_on(client.routes())?)
+    }
+
     /// Stores `value` at `path` through stdin (never an argument).
     pub fn set_secret(&self, path: &str, value: &[u8]) -> Result<()> {
         use std::io::Write as _;
@@ -283,6 +292,41 @@ impl<'a> Project<'a> {
     /// The project's secret-file directory in the runtime dir.
     pub fn files_dir(&self) -> PathBuf {
         self.home.runtime.join("compose").join(&self.name)
+    }
+
+    /// The containers of `service` as (name, id), sorted by name (the order `up` gives
+    /// upstreams); with `all`, stopped and temporary ones too.
+    pub fn service_containers(&self, service: &str, all: bool) -> Result<Vec<(String, String)>> {
+        let project = format!("label=com.docker.compose.project={}", self.name);
+        let service = format!("label=com.docker.compose.service={service}");
+        let mut args = vec!["ps"];
+        if all {
+            args.push("-a");
+        }
+        args.extend(["--filter", &project, "--filter", &service]);
+        args.extend(["--format", "{{.Names}} {{.ID}}"]);
+        let listing = docker::docker(args)?;
+        let mut found: Vec<(String, String)> = listing
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, i)| (n.to_owned(), i.to_owned()))
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// `IP:port` of `container` on the project's default network, as text: tests compare it
+    /// with route upstreams and never dial it.
+    pub fn default_network_address(&self, container: &str, port: u16) -> Result<String> {
+        let network = format!("{}_default", self.name);
+        let ip = docker::docker([
+            "inspect",
+            "--format",
+            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+            container,
+        ])?;
+        ensure!(!ip.is_empty(), "{container} has no address on {network}");
+        Ok(format!("{ip}:{port}"))
     }
 }
 

@@ -84,6 +84,25 @@ fn parse(raw: &[u8]) -> Result<Response> {
     })
 }
 
+/// Polls `GET path` on a loopback address until a 200 answer contains `want` (30 s); returns
+/// that body. The error says what was answered last.
+pub fn wait_for_body(addr: SocketAddr, path: &str, want: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match get(addr, path) {
+            Ok(response) if response.status == 200 && response.text().contains(want) => {
+                return Ok(response.text());
+            }
+            Ok(response) => response.text(),
+            Err(error) => format!("{error:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("{addr}{path} never reported {want}; last: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,12 @@ use sha2::{Digest, Sha256};
 
 use super::docker::{self, TEST_LABEL, check, ensure_daemon, show};
 
+/// What the app image reports for a value it loaded: the first 16 hex digits of the SHA-256
+/// of the exact bytes (`/secret-version`, see `tests/README.md`).
+pub fn app_fingerprint(value: &[u8]) -> String {
+    hex::encode(Sha256::digest(value))[..16].to_owned()
+}
+
 /// Bumped when the build procedure changes in a way the hashed inputs do not show.
 const BUILDER_VERSION: &str = "1";
 

@@ -239,14 +239,7 @@ fn is_agent(pid: i32) -> bool {
 }
 
 fn agent_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os(AGENT_BIN_ENV).filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("dso-agent")))
-        .filter(|path| path.is_file())
-        .unwrap_or_else(|| PathBuf::from("dso-agent"))
+    controlplane::agent::paths::sibling_binary(AGENT_BIN_ENV, "dso-agent")
 }
 
 /// For `up`: starts a user-level agent when none answers and a configuration exists.

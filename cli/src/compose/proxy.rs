@@ -20,7 +20,7 @@ use tracing::info;
 use super::ComposeError;
 
 /// Environment variable naming the `dso-proxy` binary to start.
-pub const PROXY_BIN_ENV: &str = "DSO_PROXY_BIN";
+pub use controlplane::agent::proxy::PROXY_BIN_ENV;
 
 /// How long a started proxy may take to answer its first health check.
 const START_DEADLINE: Duration = Duration::from_secs(10);
@@ -257,15 +257,7 @@ fn is_proxy(pid: i32) -> bool {
 }
 
 fn proxy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os(PROXY_BIN_ENV).filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    // Installed side by side with docker-dso, or found on PATH.
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("dso-proxy")))
-        .filter(|path| path.is_file())
-        .unwrap_or_else(|| PathBuf::from("dso-proxy"))
+    controlplane::agent::proxy::proxy_binary()
 }
 
 #[cfg(test)]

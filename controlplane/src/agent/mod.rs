@@ -38,6 +38,7 @@ use self::state::{AgentInfo, AgentState, ProxyState, Shared, lock};
 use crate::config::Config;
 use crate::detect::{Detector, RotationFuture, Rotator, Services, seen::Seen};
 use crate::docker::Docker;
+use crate::error_chain as chain;
 use crate::events::{self, EventSender};
 use crate::resolve::{LocalVault, ValueSource};
 use crate::rotation::{Engine, EngineConfig, ManagedService, NEXT_SUFFIX, Outcome, ServiceKey};
@@ -96,18 +97,6 @@ impl Rotator for EngineRotator {
             }
         })
     }
-}
-
-/// An error with its causes on one line.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 async fn run_async(config_path: &Path, config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {

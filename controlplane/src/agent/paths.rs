@@ -96,3 +96,16 @@ pub fn state_dir() -> Option<PathBuf> {
     }
     crate::home::dso_home()
 }
+
+/// A dso program to start: the path in environment variable `env` when set, else `name` next
+/// to the running program (the three are installed side by side), else `name` on `PATH`.
+pub fn sibling_binary(env: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}

@@ -143,14 +143,7 @@ impl Supervisor {
 
 /// The `dso-proxy` binary: `DSO_PROXY_BIN`, else next to this program, else on `PATH`.
 pub fn proxy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os(PROXY_BIN_ENV).filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("dso-proxy")))
-        .filter(|path| path.is_file())
-        .unwrap_or_else(|| PathBuf::from("dso-proxy"))
+    super::paths::sibling_binary(PROXY_BIN_ENV, "dso-proxy")
 }
 
 /// The upstream of a container for `target`: its address on `default_network` when attached

@@ -410,16 +410,7 @@ impl DetectorTask {
         })
         .await;
         let result = match result {
-            Ok(result) => result.map_err(|err| {
-                let mut chain = err.to_string();
-                let mut source = std::error::Error::source(&err);
-                while let Some(cause) = source {
-                    chain.push_str(": ");
-                    chain.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                chain
-            }),
+            Ok(result) => result.map_err(|err| crate::error_chain(&err)),
             Err(join) => Err(format!("the check task failed: {join}")),
         };
 

@@ -150,29 +150,14 @@ impl Seen {
     }
 
     fn save(&self) -> Result<(), SeenError> {
-        let path = self.dir.join(STATE_FILE);
-        let temp = self
-            .dir
-            .join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
-        let io = |step: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| SeenError::Io { step, path, source }
-        };
         let text = serde_json::to_vec_pretty(&self.map).unwrap_or_default();
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(io("create", &temp))?;
-        file.write_all(&text).map_err(io("write", &temp))?;
-        file.sync_all().map_err(io("fsync", &temp))?;
-        fs::rename(&temp, &path).map_err(io("rename", &path))?;
-        if let Ok(dir) = fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        crate::atomic::replace(&self.dir.join(STATE_FILE), &text, 0o600).map_err(|failed| {
+            SeenError::Io {
+                step: failed.step,
+                path: failed.path,
+                source: failed.source,
+            }
+        })
     }
 }
 

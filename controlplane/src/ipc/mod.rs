@@ -316,7 +316,7 @@ async fn resolve(state: &Shared, uid: u32, request: Request<Incoming>) -> Respon
                         answer.values.insert(text, hex::encode(value.expose()));
                     }
                     Err(err) => {
-                        let reason = crate::agent::chain(&err);
+                        let reason = crate::error_chain(&err);
                         answer.errors.insert(text, problem(reason, err.hint()));
                     }
                 },

@@ -693,7 +693,7 @@ impl Engine {
                 Ok(strategy)
             }
             Err((step, failure)) => {
-                let text = error_chain(&failure);
+                let text = crate::error_chain(&failure);
                 error!(project = %service.key.project, service = %service.key.service,
                     step = %step, error = %text, "rotation failed");
                 emit(
@@ -916,7 +916,7 @@ impl Engine {
                     self.docker.remove(&old, false).await
                 };
                 if let Err(failure) = result {
-                    let text = error_chain(&failure);
+                    let text = crate::error_chain(&failure);
                     warn!(container = %short(&old), step = %step, error = %text,
                         "old container cleanup failed; the swap stands");
                     emit(
@@ -1576,18 +1576,6 @@ fn rotation_id() -> String {
     let mut random = [0u8; 6];
     let _ = getrandom::fill(&mut random);
     format!("{:x}-{}", unix_now(), hex::encode(random))
-}
-
-/// The error and its causes on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
