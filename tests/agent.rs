@@ -666,7 +666,25 @@ fn up_resolves_through_a_running_agent() -> Result<()> {
     let inside = support::docker::docker(["exec", &container, "cat", &path])?;
     ensure!(inside.as_bytes() == value.as_bytes(), "the file differs");
 
-    // 3. The value is in no output and not in the agent's log.
+    // 3. A CLI of another dso home (same runtime directory) does not take this agent's
+    //    values: it says so and reads its own vault (none here).
+    let other_home = tempfile::tempdir()?;
+    let out = home
+        .command(["plan", "-f"])
+        .arg(&second.file)
+        .args(["-p", &second.name])
+        .env("DSO_HOME", other_home.path())
+        .output()?;
+    let other = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(!out.status.success(), "{other}");
+    ensure!(other.contains("reads another vault"), "{other}");
+    ensure!(!other.contains(&value), "the value is in plan's output");
+
+    // 4. The value is in no output and not in the agent's log.
     ensure!(!text.contains(&value), "the value is in up's output");
     ensure!(
         !agent::log(&home).contains(&value),

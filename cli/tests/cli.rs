@@ -352,3 +352,27 @@ fn compose_commands_answer_help_without_compose() {
     }
     assert!(stdout(&sandbox.run(&["up", "--help"])).contains("--no-agent"));
 }
+
+/// `docker dso compose SUBCOMMAND --help` is compose's own help, without a compose file.
+#[test]
+fn compose_subcommand_help_is_composes_own() {
+    if !std::process::Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        panic!("docker-compose (v1) is needed; scripts/test.sh installs it");
+    }
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .cmd(&["compose", "ps", "--help"])
+        .env("DSO_COMPOSE", "v1")
+        .output()
+        .expect("spawn docker-dso");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).to_lowercase().contains("usage"),
+        "{}",
+        stdout(&out)
+    );
+}

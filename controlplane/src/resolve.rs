@@ -79,6 +79,12 @@ impl ResolveError {
 pub trait ValueSource: Send + Sync {
     /// The current value of `reference`.
     fn resolve(&self, reference: &Reference) -> Result<SecretValue, ResolveError>;
+
+    /// The current values of several references, in order. A source that reads a whole store
+    /// per call (the local vault decrypts its file) reads it once here.
+    fn resolve_many(&self, references: &[Reference]) -> Vec<Result<SecretValue, ResolveError>> {
+        references.iter().map(|r| self.resolve(r)).collect()
+    }
 }
 
 /// The local vault as a value source. The vault is opened on first use and its file is read
@@ -142,47 +148,70 @@ impl LocalVault {
     }
 }
 
-impl ValueSource for LocalVault {
-    fn resolve(&self, reference: &Reference) -> Result<SecretValue, ResolveError> {
-        let text = reference.to_string();
-        if let Some(provider) = &reference.provider
-            && !self.providers.contains(provider)
-        {
-            return Err(ResolveError::Provider {
-                reference: text,
-                provider: provider.clone(),
-            });
-        }
-        let vault_error = |source| ResolveError::Vault {
-            reference: text.clone(),
-            source,
-        };
-
+impl LocalVault {
+    /// The vault's contents as they are now: the key is opened once, the file read each time.
+    fn contents(&self) -> Result<crate::vault::Contents, VaultError> {
         // A poisoned lock only means another call panicked; the slot is still usable.
         let mut slot = self.opened.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(self.open().map_err(vault_error)?);
-        }
-        let contents = match slot.as_ref() {
-            Some(vault) => vault.read().map_err(vault_error)?,
-            None => return Err(ResolveError::Missing { reference: text }),
+        let vault = match &mut *slot {
+            Some(vault) => vault,
+            empty @ None => empty.insert(self.open()?),
         };
-        drop(slot);
+        vault.read()
+    }
 
-        let record = contents
-            .latest(&reference.path)
-            .ok_or_else(|| ResolveError::Missing {
-                reference: text.clone(),
-            })?;
-        match &reference.key {
-            None => Ok(record.value.clone()),
-            Some(key) => {
-                reference::select(&record.value, key).map_err(|source| ResolveError::Select {
-                    reference: text,
-                    source,
-                })
-            }
+    /// Whether this source serves the reference's provider.
+    fn serves(&self, reference: &Reference) -> Result<(), ResolveError> {
+        match &reference.provider {
+            Some(provider) if !self.providers.contains(provider) => Err(ResolveError::Provider {
+                reference: reference.to_string(),
+                provider: provider.clone(),
+            }),
+            _ => Ok(()),
         }
+    }
+}
+
+/// One reference's value from already read vault contents.
+fn select_from(
+    contents: &crate::vault::Contents,
+    reference: &Reference,
+) -> Result<SecretValue, ResolveError> {
+    let text = reference.to_string();
+    let record = contents
+        .latest(&reference.path)
+        .ok_or_else(|| ResolveError::Missing {
+            reference: text.clone(),
+        })?;
+    match &reference.key {
+        None => Ok(record.value.clone()),
+        Some(key) => reference::select(&record.value, key).map_err(|source| ResolveError::Select {
+            reference: text,
+            source,
+        }),
+    }
+}
+
+impl ValueSource for LocalVault {
+    fn resolve(&self, reference: &Reference) -> Result<SecretValue, ResolveError> {
+        self.serves(reference)?;
+        let contents = self.contents().map_err(|source| ResolveError::Vault {
+            reference: reference.to_string(),
+            source,
+        })?;
+        select_from(&contents, reference)
+    }
+
+    fn resolve_many(&self, references: &[Reference]) -> Vec<Result<SecretValue, ResolveError>> {
+        let contents = match self.contents() {
+            Ok(contents) => contents,
+            // The same vault error for each: the file could not be read at all.
+            Err(_) => return references.iter().map(|r| self.resolve(r)).collect(),
+        };
+        references
+            .iter()
+            .map(|r| self.serves(r).and_then(|()| select_from(&contents, r)))
+            .collect()
     }
 }
 

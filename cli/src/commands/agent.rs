@@ -264,7 +264,26 @@ pub fn serving_agent(config_path: Option<&Path>) -> Option<IpcClient> {
     // The timer must be made inside the runtime, so the timeout is built in the async block.
     let answered =
         block_on(async { tokio::time::timeout(ANSWER_DEADLINE, client.status()).await }).ok()?;
-    matches!(answered, Ok(Ok(_))).then_some(client)
+    let Ok(Ok(status)) = answered else {
+        return None;
+    };
+
+    // An agent of another dso home (same runtime directory, other `DSO_HOME`) would answer
+    // from a vault this command does not read: then the CLI reads its own.
+    let ours = controlplane::vault::VaultFiles::locate()
+        .ok()
+        .map(|f| f.vault);
+    let theirs = status["agent"]["vault"].as_str().map(PathBuf::from);
+    if ours.is_some() && theirs != ours {
+        eprintln!(
+            "docker-dso: note: the agent at {} reads another vault ({}); reading {} directly",
+            target.socket.display(),
+            theirs.map_or("none".into(), |p| p.display().to_string()),
+            ours.map_or("none".into(), |p| p.display().to_string()),
+        );
+        return None;
+    }
+    Some(client)
 }
 
 /// `status [--json] [--watch]`.

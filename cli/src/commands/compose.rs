@@ -76,6 +76,28 @@ pub fn down(out: Output, raw: &[OsString]) -> anyhow::Result<()> {
 /// `compose [OPTIONS] COMMAND [ARGS]`.
 pub fn compose(out: Output, config: Option<&Path>, raw: &[OsString]) -> anyhow::Result<()> {
     let (no_agent, raw) = take_no_agent(raw);
+    // `docker dso compose SUBCOMMAND --help` is compose's own help: no project is loaded.
+    if raw.iter().any(|a| a == "--help" || a == "-h") {
+        let tool = Tool::select(None)?;
+        let status = tool
+            .command()
+            .args(&raw)
+            .status()
+            .map_err(|source| ComposeError::Spawn {
+                tool: tool.name(),
+                source,
+            })?;
+        return if status.success() {
+            Ok(())
+        } else {
+            Err(ComposeError::ComposeFailed {
+                tool: tool.name(),
+                subcommand: "--help".into(),
+                status,
+            }
+            .into())
+        };
+    }
     let mut invocation = Invocation::parse(&raw, true)?;
     let position = invocation
         .rest

@@ -149,31 +149,46 @@ pub struct Resolver<'a> {
     agent: Option<AgentValues>,
 }
 
-/// Values through the agent's `POST /v1/resolve`, one request per reference.
+/// Values through the agent's `POST /v1/resolve`: every reference of the project in one
+/// request ([`Resolver::prefetch`]), any other one on its own.
 struct AgentValues {
     client: IpcClient,
     runtime: tokio::runtime::Runtime,
+    /// Answers of the prefetch, by reference text.
+    answers: BTreeMap<String, Result<SecretValue, (String, Option<String>)>>,
 }
 
 impl AgentValues {
-    fn resolve(&self, reference: &Reference) -> Result<SecretValue, (String, Option<String>)> {
-        let text = reference.to_string();
+    /// Asks the agent for `texts` and keeps each answer.
+    fn fetch(&mut self, texts: Vec<String>) -> Result<(), (String, Option<String>)> {
         let answer = self
             .runtime
-            .block_on(self.client.resolve(std::slice::from_ref(&text)))
+            .block_on(self.client.resolve(&texts))
             .map_err(|e| (format!("the agent could not be asked: {e}"), e.hint()))?;
-        if let Some(problem) = answer.errors.get(&text) {
-            return Err((problem.reason.clone(), problem.hint.clone()));
+        for text in texts {
+            let result = if let Some(problem) = answer.errors.get(&text) {
+                Err((problem.reason.clone(), problem.hint.clone()))
+            } else if let Some(hex_value) = answer.values.get(&text) {
+                hex::decode(hex_value)
+                    .map(|bytes| SecretValue::from_slice(&zeroize::Zeroizing::new(bytes)))
+                    .map_err(|_| ("the agent's answer is not hex".to_owned(), None))
+            } else {
+                Err(("the agent's answer lacks the reference".to_owned(), None))
+            };
+            self.answers.insert(text, result);
         }
-        let hex_value = answer
-            .values
+        Ok(())
+    }
+
+    fn resolve(&mut self, reference: &Reference) -> Result<SecretValue, (String, Option<String>)> {
+        let text = reference.to_string();
+        if !self.answers.contains_key(&text) {
+            self.fetch(vec![text.clone()])?;
+        }
+        self.answers
             .get(&text)
-            .ok_or_else(|| ("the agent's answer lacks the reference".to_owned(), None))?;
-        let bytes = zeroize::Zeroizing::new(
-            hex::decode(hex_value)
-                .map_err(|_| ("the agent's answer is not hex".to_owned(), None))?,
-        );
-        Ok(SecretValue::from_slice(&bytes))
+            .cloned()
+            .unwrap_or_else(|| Err(("the agent's answer lacks the reference".to_owned(), None)))
     }
 }
 
@@ -197,8 +212,42 @@ impl<'a> Resolver<'a> {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        self.agent = Some(AgentValues { client, runtime });
+        self.agent = Some(AgentValues {
+            client,
+            runtime,
+            answers: BTreeMap::new(),
+        });
         Ok(self)
+    }
+
+    /// Through the agent: asks for every reference of `project` in one request, so the agent
+    /// reads its store once. Failures are kept and reported per reference later.
+    fn prefetch(&mut self, project: &Project) {
+        let Some(agent) = self.agent.as_mut() else {
+            return;
+        };
+        let mut texts: Vec<String> = Vec::new();
+        for name in project.service_names() {
+            let Some(service) = project.service(&name) else {
+                continue;
+            };
+            for (_, value) in project::environment(service) {
+                let Some(value) = value else { continue };
+                if let Ok(Some(parsed)) = Reference::detect(&unescape_dollars(&value)) {
+                    texts.push(parsed.to_string());
+                }
+            }
+        }
+        texts.sort();
+        texts.dedup();
+        // A failed request is reported on each of its references, without asking again.
+        if !texts.is_empty()
+            && let Err(failed) = agent.fetch(texts.clone())
+        {
+            for text in texts {
+                agent.answers.insert(text, Err(failed.clone()));
+            }
+        }
     }
 
     /// The agent's socket when values come from the agent.
@@ -246,7 +295,7 @@ impl<'a> Resolver<'a> {
             ));
         }
 
-        if let Some(agent) = &self.agent {
+        if let Some(agent) = self.agent.as_mut() {
             return agent.resolve(reference);
         }
         if self.vault.is_none() {
@@ -331,6 +380,7 @@ fn is_file_name(name: &str) -> bool {
 
 /// Builds the plan of `project`. `root` says whether file owners must be resolved.
 pub fn build(project: &Project, resolver: &mut Resolver<'_>, root: bool) -> Plan {
+    resolver.prefetch(project);
     let default_strategy = format!(
         "{:?}",
         resolver

@@ -199,6 +199,7 @@ async fn run_async(config_path: &Path, config: Config, args: RunArgs) -> anyhow:
             started: crate::detect::rfc3339(std::time::SystemTime::now()),
             watch_interval_s: config.agent.watch_interval.as_secs_f64(),
             providers: config.providers.keys().cloned().collect(),
+            vault: crate::vault::VaultFiles::locate().ok().map(|f| f.vault),
         },
         events: events.clone(),
         detector: detector.clone(),

@@ -90,6 +90,9 @@ pub struct AgentInfo {
     pub watch_interval_s: f64,
     /// Provider names.
     pub providers: Vec<String>,
+    /// The local vault file it reads (`DSO_HOME/vault.enc`), when one is located: the CLI
+    /// resolves through this agent only when it would read the same vault.
+    pub vault: Option<PathBuf>,
 }
 
 /// Shared by every surface.

@@ -14,7 +14,7 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
 use crate::events::{Event, EventSender};
@@ -24,6 +24,9 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Largest request body accepted.
 pub const BODY_MAX: usize = 64 * 1024;
+
+/// How long a request's body may take to arrive once its headers are in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Event streams one surface serves at once. A stream holds its connection for as long as the
 /// client likes; without this cap, streams alone could take every connection slot and leave
@@ -66,12 +69,36 @@ pub fn text(status: StatusCode, content_type: &str, body: String) -> Response<Bo
 pub async fn read_json<T: DeserializeOwned>(
     request: Request<Incoming>,
 ) -> Result<T, Box<Response<Body>>> {
-    let bytes = match Limited::new(request.into_body(), BODY_MAX).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+    let too_large = || {
+        Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than {BODY_MAX} bytes or could not be read"),
+        ))
+    };
+
+    // A declared length over the limit is refused before anything is read.
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_MAX as u64) {
+        return Err(too_large());
+    }
+
+    // The header timeout ends with the headers; a body that never comes must not hold a
+    // connection slot for ever.
+    let collect = Limited::new(request.into_body(), BODY_MAX).collect();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => return Err(too_large()),
+        Err(_elapsed) => {
             return Err(Box::new(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the body is larger than {BODY_MAX} bytes or could not be read"),
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
             )));
         }
     };
@@ -166,7 +193,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Answers a connection that found every slot taken with a plain 503 and closes it, instead of
 /// leaving it in the listen backlog where a health check would only time out.
-pub async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S) {
+pub async fn refuse_busy<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     const BODY: &str = "{\"error\":\"too many connections; try again shortly\"}\n";
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
@@ -176,6 +203,10 @@ pub async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S) {
     let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, async {
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
+        // Read what the client sent until it closes: closing with unread input would send a
+        // reset, and the client could lose the 503 before reading it.
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
 }

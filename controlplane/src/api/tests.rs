@@ -66,6 +66,7 @@ async fn serve_api(token: Option<&str>) -> (SocketAddr, Shared, tempfile::TempDi
             started: "now".into(),
             watch_interval_s: 60.0,
             providers: vec!["local".into()],
+            vault: None,
         },
         events: events::channel(),
         detector,
@@ -227,7 +228,7 @@ fn open_with(address: SocketAddr, request: &[u8]) -> (std::net::TcpStream, Strin
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream.write_all(request).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let mut head = String::new();
     let mut buffer = [0u8; 1024];
@@ -290,4 +291,29 @@ async fn a_full_server_answers_503_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn a_body_that_never_comes_times_out_and_a_huge_one_is_refused_at_once() {
+    let (address, _state, _dir) = serve_api(Some(TOKEN)).await;
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let (huge, stalled) = tokio::task::spawn_blocking(move || {
+        // Declared far over the limit: 413 before any body byte is read.
+        let huge = format!(
+            "POST /v1/webhook HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 99999999999\r\n\r\n{{}}"
+        );
+        let (_stream, huge) = open_with(address, huge.as_bytes());
+        // Declared 10 bytes, none sent: answered at the body timeout, the slot freed.
+        let stalled =
+            format!("POST /v1/webhook HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 10\r\n\r\n");
+        let started = std::time::Instant::now();
+        let (_stream, stalled) = open_with(address, stalled.as_bytes());
+        (huge, (stalled, started.elapsed()))
+    })
+    .await
+    .unwrap();
+    assert!(huge.starts_with("HTTP/1.1 413"), "{huge}");
+    let (stalled, waited) = stalled;
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+    assert!(waited >= http::BODY_TIMEOUT, "answered after {waited:?}");
 }

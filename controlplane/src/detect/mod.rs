@@ -316,8 +316,13 @@ impl DetectorTask {
                 let reasons: Reasons = due
                     .secrets
                     .iter()
-                    .map(|s| format!("secret changed: {s}"))
+                    .map(|s| format!("{CHANGED}{s}"))
                     .collect();
+                let reasons = still_needed(&lock(&self.inner), &due.service, reasons);
+                if reasons.is_empty() {
+                    debug!(service = %due.service, "changes delivered already; no rotation");
+                    continue;
+                }
                 self.request(&due.service, reasons);
             }
         }
@@ -595,12 +600,42 @@ impl DetectorTask {
                     inner.targets.remove(&key);
                 }
             }
-            inner.queue.finish(&service)
+            // A queued request whose changes this rotation delivered has nothing left to do.
+            match inner.queue.finish(&service) {
+                Some(reasons) => {
+                    let needed = still_needed(&inner, &service, reasons);
+                    if needed.is_empty() {
+                        inner.queue.finish(&service);
+                        None
+                    } else {
+                        Some(needed)
+                    }
+                }
+                None => None,
+            }
         };
         if let Some(reasons) = next {
             self.start(service, reasons);
         }
     }
+}
+
+/// Prefix of the reason a detected change gives its rotation.
+const CHANGED: &str = "secret changed: ";
+
+/// The reasons of a coalesced or queued request that still need a rotation: a manual one
+/// always; a changed secret only while its new fingerprint is not delivered yet (a manual
+/// rotation that ran in between may have delivered it).
+fn still_needed(inner: &Inner, service: &str, reasons: Reasons) -> Reasons {
+    reasons
+        .into_iter()
+        .filter(|reason| match reason.strip_prefix(CHANGED) {
+            Some(secret) => inner
+                .targets
+                .contains_key(&(service.to_owned(), secret.to_owned())),
+            None => true,
+        })
+        .collect()
 }
 
 /// The services a manual rotation applies to.

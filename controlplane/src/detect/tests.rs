@@ -339,3 +339,50 @@ async fn a_manual_rotation_records_what_it_delivered() {
     );
     task.abort();
 }
+
+/// Regression (found by an attack run): a manual rotation inside an open coalescing window
+/// delivers the detected change, so the window's close starts no second rotation.
+#[tokio::test]
+async fn a_manual_rotation_inside_the_window_is_the_only_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = Arc::new(Memory::default());
+    memory.set("app/pw", b"one");
+    let recorder = Arc::new(Recorder {
+        calls: Mutex::new(Vec::new()),
+        hold: Duration::ZERO,
+    });
+    let seen = Seen::open(dir.path()).unwrap();
+    let window = Duration::from_millis(400);
+    let (detector, task) = Detector::new(
+        seen,
+        Duration::from_secs(3600),
+        window,
+        memory.clone(),
+        recorder.clone(),
+    );
+    let task = tokio::spawn(task.run());
+    detector.set_services(services(&[("p/app", &["dso://app/pw"])]));
+    wait_for("the baseline", || {
+        detector
+            .status()
+            .references
+            .first()
+            .is_some_and(|r| r.version.is_some())
+    })
+    .await;
+
+    memory.set("app/pw", b"two");
+    assert_eq!(detector.check_now("app/pw").await, 1);
+    wait_for("the coalescing window", || {
+        !detector.status().coalescing.is_empty()
+    })
+    .await;
+    detector.rotate(Target::Service("p/app".into())).await;
+    wait_for("the manual rotation", || !lock(&recorder.calls).is_empty()).await;
+    tokio::time::sleep(window * 3).await;
+    assert_eq!(
+        lock(&recorder.calls).clone(),
+        vec![("p/app".to_owned(), "manual".to_owned())]
+    );
+    task.abort();
+}

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
@@ -10,6 +10,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
 use super::{CheckRequest, ResolveRequest, ResolveResponse, RotateRequest};
+
+/// How long a request may take until its whole answer is in (status, check, resolve).
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long `rotate` may take: with `wait`, the agent answers when the rotations ended.
+const ROTATE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3700);
+/// Largest answer accepted: values of `resolve` (hex) included.
+const ANSWER_MAX: usize = 64 * 1024 * 1024;
 
 /// Why a request to the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +55,22 @@ pub enum IpcClientError {
         /// The socket.
         path: PathBuf,
     },
+    /// The agent did not answer in time.
+    #[error("the agent did not answer {uri} within {} s", waited.as_secs())]
+    Timeout {
+        /// Path.
+        uri: String,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
+    /// The answer was larger than a client accepts.
+    #[error("the agent's answer to {uri} is larger than {limit} bytes")]
+    TooLarge {
+        /// Path.
+        uri: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The answer was not JSON.
     #[error("the agent's answer to {uri} is not JSON")]
     Decode {
@@ -69,6 +92,11 @@ impl IpcClientError {
                 Some("the socket is for root and group dso; ask to be added to group dso".into())
             }
             Self::Connect { .. } => Some("start it with `docker dso agent start`".into()),
+            Self::Timeout { .. } => Some(
+                "the agent is busy or stuck; `docker dso agent status`, or restart it with \
+                 `docker dso agent stop` and `start`"
+                    .into(),
+            ),
             Self::Closed { .. } => Some(
                 "the agent refuses users that are not root, its own user or in group dso".into(),
             ),
@@ -181,28 +209,45 @@ impl IpcClient {
         Ok(())
     }
 
+    /// One request with a bounded wait and a bounded answer. `rotate` answers 500 with the
+    /// per-service results, so only there a 500 is an answer rather than an error.
     async fn call(
         &self,
         method: Method,
         uri: &str,
         body: Bytes,
     ) -> Result<serde_json::Value, IpcClientError> {
-        let (status, response) = self.open(method, uri, body).await?;
-        let bytes = response
-            .collect()
-            .await
-            .map_err(|source| IpcClientError::Http {
-                method: Method::GET,
-                uri: uri.into(),
-                source,
-            })?
-            .to_bytes();
+        let wait = if uri == "/v1/rotate" {
+            ROTATE_ANSWER_TIMEOUT
+        } else {
+            ANSWER_TIMEOUT
+        };
+        let exchange = async {
+            let (status, response) = self.open(method.clone(), uri, body).await?;
+            let bytes = Limited::new(response, ANSWER_MAX)
+                .collect()
+                .await
+                .map_err(|_| IpcClientError::TooLarge {
+                    uri: uri.into(),
+                    limit: ANSWER_MAX,
+                })?
+                .to_bytes();
+            Ok::<_, IpcClientError>((status, bytes))
+        };
+        let (status, bytes) =
+            tokio::time::timeout(wait, exchange)
+                .await
+                .map_err(|_| IpcClientError::Timeout {
+                    uri: uri.into(),
+                    waited: wait,
+                })??;
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|source| IpcClientError::Decode {
                 uri: uri.into(),
                 source,
             })?;
-        if !status.is_success() && status != StatusCode::INTERNAL_SERVER_ERROR {
+        let answered_500 = uri == "/v1/rotate" && status == StatusCode::INTERNAL_SERVER_ERROR;
+        if !status.is_success() && !answered_500 {
             let message = value
                 .get("error")
                 .and_then(serde_json::Value::as_str)

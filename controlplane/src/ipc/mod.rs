@@ -304,22 +304,32 @@ async fn resolve(state: &Shared, uid: u32, request: Request<Incoming>) -> Respon
     // Vault reads block; the value lives in this task until it is hex-encoded.
     let answer = tokio::task::spawn_blocking(move || {
         let mut answer = ResolveResponse::default();
+        let problem = |reason: String, hint: Option<String>| ResolveProblem { reason, hint };
+
+        // 1. Parse every text; a malformed one is answered at once.
+        let mut parsed = Vec::new();
         for text in body.references {
-            let problem = |reason: String, hint: Option<String>| ResolveProblem { reason, hint };
             match crate::reference::Reference::parse(&text) {
+                Ok(reference) => parsed.push((text, reference)),
                 Err(err) => {
                     let hint = Some("see docs/references.md".to_owned());
                     answer.errors.insert(text, problem(err.to_string(), hint));
                 }
-                Ok(reference) => match source.resolve(&reference) {
-                    Ok(value) => {
-                        answer.values.insert(text, hex::encode(value.expose()));
-                    }
-                    Err(err) => {
-                        let reason = crate::error_chain(&err);
-                        answer.errors.insert(text, problem(reason, err.hint()));
-                    }
-                },
+            }
+        }
+
+        // 2. One read of the store for all of them.
+        let references: Vec<_> = parsed.iter().map(|(_, r)| r.clone()).collect();
+        let values = source.resolve_many(&references);
+        for ((text, _), value) in parsed.into_iter().zip(values) {
+            match value {
+                Ok(value) => {
+                    answer.values.insert(text, hex::encode(value.expose()));
+                }
+                Err(err) => {
+                    let reason = crate::error_chain(&err);
+                    answer.errors.insert(text, problem(reason, err.hint()));
+                }
             }
         }
         answer

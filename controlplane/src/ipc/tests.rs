@@ -98,6 +98,7 @@ async fn serve_ipc() -> (IpcClient, Arc<Recorder>, tempfile::TempDir) {
             started: "now".into(),
             watch_interval_s: 60.0,
             providers: vec![],
+            vault: None,
         },
         events: events::channel(),
         detector,
