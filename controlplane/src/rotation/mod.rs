@@ -840,7 +840,7 @@ impl Engine {
 
                 // Connections accepted before the hold are still talking to the old
                 // container; stopping it now would cut a client in the middle of its
-                // handshake or transaction. Let them end first, bounded by the drain timeout.
+                // handshake or transaction. Let them end first, for at most QUIESCE_MAX.
                 for route in &run.journal.journal.routes {
                     self.quiesce(&route.route).await?;
                 }
