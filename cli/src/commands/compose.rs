@@ -304,8 +304,9 @@ fn run_resolved(
     out.result(
         &serde_json::json!({ "project": project.name, "managed_services": managed }),
         &format!(
-            "docker-dso: project {} is {subcommand} ({managed} managed services)",
-            project.name
+            "docker-dso: project {} is {subcommand} ({})",
+            project.name,
+            counted(managed, "managed service", "managed services")
         ),
     )?;
     Ok(())
@@ -385,8 +386,9 @@ fn run_down(out: Output, invocation: Invocation) -> anyhow::Result<()> {
     out.result(
         &serde_json::json!({ "project": project.name, "routes_deleted": deleted }),
         &format!(
-            "docker-dso: project {} is down ({deleted} routes deleted)",
-            project.name
+            "docker-dso: project {} is down ({} deleted)",
+            project.name,
+            counted(deleted, "route", "routes")
         ),
     )?;
     Ok(())
@@ -671,4 +673,13 @@ fn print_plan(out: Output, plan: &Plan, project: &Project) -> std::io::Result<()
         }
         Ok(())
     })
+}
+
+/// `1 route`, `2 routes`: a count with the noun that fits it.
+pub(crate) fn counted(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }

@@ -177,7 +177,10 @@ pub fn secret(out: Output, config: Option<&Path>, command: &SecretCommand) -> an
             info!(secret.ref = %path, versions, "secret deleted");
             out.result(
                 &json!({ "path": path.as_str(), "deleted_versions": versions }),
-                &format!("deleted {path} ({versions} versions)"),
+                &format!(
+                    "deleted {path} ({})",
+                    super::compose::counted(versions, "version", "versions")
+                ),
             )?;
         }
 
