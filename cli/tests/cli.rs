@@ -376,3 +376,22 @@ fn compose_subcommand_help_is_composes_own() {
         stdout(&out)
     );
 }
+
+/// A `--config` file that does not exist is an error for every command, not ignored.
+#[test]
+fn a_missing_config_file_is_an_error_for_every_command() {
+    let sandbox = Sandbox::new();
+    sandbox.init();
+    for args in [
+        &["--config", "/nonexistent-dso.yaml", "secret", "list"][..],
+        &["--config", "/nonexistent-dso.yaml", "config", "validate"],
+    ] {
+        let out = sandbox.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).contains("/nonexistent-dso.yaml does not exist"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -118,6 +118,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         json: cli.json,
         quiet: cli.quiet,
     };
+    // A file named by --config must exist, whatever the command: silently falling back to
+    // the defaults would hide a typo.
+    if let Some(path) = cli.config.as_deref() {
+        controlplane::config::find(Some(path))?;
+    }
     match &cli.command {
         Command::Init(args) => vault::init(out, args),
         Command::Secret(command) => vault::secret(out, cli.config.as_deref(), command),
