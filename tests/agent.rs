@@ -696,3 +696,80 @@ fn up_resolves_through_a_running_agent() -> Result<()> {
     );
     Ok(())
 }
+
+/// The daemon itself SIGKILLed at a journaled step of a `rolling` rotation it runs (before and
+/// after the route switch) and started again: its start-up recovery leaves exactly one
+/// container under the original name, serving, with no journal left; detection then delivers
+/// the new value.
+#[test]
+fn the_daemon_recovers_a_rotation_it_was_killed_in() -> Result<()> {
+    ensure_daemon()?;
+    let home = Home::new(Compose::V2)?;
+    let (project, addr) = project_up(&home, "rolling", b"value-0")?;
+    let config = agent::write_config(&home, "5s")?;
+    let service = service_key(&project);
+    let original = project.service_containers("web", true)?;
+    ensure!(original.len() == 1, "{original:?}");
+    let name = original[0].0.clone();
+    let journal_dir = home.dso_home_path().join("journal");
+
+    for (index, step) in ["start_new", "switch_route"].iter().enumerate() {
+        // 1. An agent that kills itself right after journaling `step`.
+        let out = home
+            .command(["agent", "start"])
+            .env("DSO_AGENT_CRASH_AFTER", step)
+            .output()?;
+        ensure!(out.status.success(), "agent start: {}", outputs(&out));
+        agent::wait_ready(config.api, Duration::from_secs(60))?;
+        let value = format!("value-{}", index + 1);
+        home.set_secret("t/pw", value.as_bytes())?;
+        let _ = home.command(["rotate", &service]).output()?;
+        wait_for("the agent to die", Duration::from_secs(60), || {
+            agent::request(config.api, "GET", "/health", &[], b"")
+                .is_err()
+                .then_some(())
+        })?;
+        let journals = std::fs::read_dir(&journal_dir)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        ensure!(journals > 0, "step {step}: no journal left by the crash");
+
+        // 2. A normal start recovers before it is ready.
+        agent::start(&home, &config)?;
+        ensure!(
+            agent::log(&home)
+                .matches("unfinished rotation recovered")
+                .count()
+                == index + 1,
+            "step {step}: no recovery in the log:\n{}",
+            agent::log(&home)
+        );
+        let now = project.service_containers("web", true)?;
+        ensure!(
+            now.len() == 1 && now[0].0 == name,
+            "step {step}: after recovery {now:?}"
+        );
+        let left = std::fs::read_dir(&journal_dir)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        ensure!(left == 0, "step {step}: {left} journal(s) left");
+
+        // 3. Whatever recovery decided, detection delivers the new value.
+        http::wait_for_body(
+            addr,
+            "/secret-version",
+            &format!("env={}", app_fingerprint(value.as_bytes())),
+        )
+        .with_context(|| format!("after a crash at step {step}"))?;
+        agent::dso_ok(&home, &["agent", "stop"])?;
+    }
+    Ok(())
+}
+
+fn outputs(out: &std::process::Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

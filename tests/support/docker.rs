@@ -117,8 +117,14 @@ pub fn sweep_stale() -> Result<()> {
         "--format",
         &format,
     ])?;
+    // LIMITATION: Docker 20.10 can keep a ghost endpoint on a network whose container was
+    // removed while it was being attached (a test that SIGKILLs the agent at each step can
+    // cause that); such a network refuses `rm` until the daemon restarts. It is reported and
+    // left: its name is unique to its dead test process, so it is in nobody's way.
     for id in orphans(&networks) {
-        docker(["network", "rm", id])?;
+        if let Err(err) = docker(["network", "rm", id]) {
+            eprintln!("note: a stale test network could not be removed: {err:#}");
+        }
     }
     Ok(())
 }

@@ -127,6 +127,11 @@ impl Home {
         self.temp.path().join("home")
     }
 
+    /// The dso home (`DSO_HOME`): vault, and for an agent its state (journal, fingerprints).
+    pub fn dso_home_path(&self) -> PathBuf {
+        self.dso_home()
+    }
+
     /// A directory for compose files.
     pub fn dir(&self) -> &Path {
         self.temp.path()
