@@ -527,6 +527,17 @@ fn a_restarted_container_gets_its_route_back() -> Result<()> {
         log.contains("container restored") || log.contains("route reconciled"),
         "neither restore nor reconcile is in the log:\n{log}"
     );
+
+    // Regression (found by a new user): after `down` stopped the proxy too, the status still
+    // follows the containers and lists no service.
+    project.run_ok("down", &[])?;
+    wait_for("an empty service list", Duration::from_secs(30), || {
+        let status = agent::status(&home).ok()?;
+        status["services"]
+            .as_array()
+            .is_some_and(|s| s.is_empty())
+            .then_some(())
+    })?;
     Ok(())
 }
 
@@ -761,6 +772,20 @@ fn the_daemon_recovers_a_rotation_it_was_killed_in() -> Result<()> {
             &format!("env={}", app_fingerprint(value.as_bytes())),
         )
         .with_context(|| format!("after a crash at step {step}"))?;
+
+        // 4. Stop only once that rotation has finished: a SIGTERM in the middle of one would
+        //    leave a journal of its own for the next start to recover.
+        wait_for("the rotation to finish", Duration::from_secs(60), || {
+            let status = agent::status(&home).ok()?;
+            let pending = &status["pending"];
+            let idle = ["rotating", "queued", "coalescing"]
+                .iter()
+                .all(|k| pending[k].as_array().is_some_and(|a| a.is_empty()));
+            let journals = std::fs::read_dir(&journal_dir)
+                .map(|d| d.count())
+                .unwrap_or(0);
+            (idle && journals == 0).then_some(())
+        })?;
         agent::dso_ok(&home, &["agent", "stop"])?;
     }
     Ok(())

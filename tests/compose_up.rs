@@ -288,24 +288,30 @@ fn files_are_refused_outside_tmpfs() -> Result<()> {
     let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let body = format!("    image: {app}\n    environment:\n      A: dsofile://t/a\n");
     let project = Project::new(&home, &[("app", &body)])?;
-    // A directory that does not exist yet is judged by its parent, and not created.
-    let runtime = disk.path().join("rt");
-    for command in ["up", "plan"] {
-        let out = project
-            .home
-            .command([command, "-d", "-f"])
-            .arg(&project.file)
-            .args(["-p", &project.name])
-            .env("DSO_RUNTIME_DIR", &runtime)
-            .output()?;
-        // `plan` prints its problems with the plan, on stdout.
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
-        ensure!(!out.status.success(), "{command}: {text}");
-        ensure!(
-            text.contains("is not on a tmpfs") && text.contains("hint: mount one"),
-            "{command}: {text}"
-        );
-        ensure!(!runtime.exists(), "{command} created the runtime directory");
+    // An existing directory on disk gets the mount hint; one that does not exist yet is
+    // judged by its parent, gets the hint to pick another, and is not created.
+    let missing = disk.path().join("rt");
+    for (runtime, hint) in [
+        (disk.path().to_owned(), "hint: mount one"),
+        (missing.clone(), "does not exist and would be made"),
+    ] {
+        for command in ["up", "plan"] {
+            let out = project
+                .home
+                .command([command, "-d", "-f"])
+                .arg(&project.file)
+                .args(["-p", &project.name])
+                .env("DSO_RUNTIME_DIR", &runtime)
+                .output()?;
+            // `plan` prints its problems with the plan, on stdout.
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+            ensure!(!out.status.success(), "{command}: {text}");
+            ensure!(
+                text.contains("is not on a tmpfs") && text.contains(hint),
+                "{command}: {text}"
+            );
+            ensure!(!missing.exists(), "{command} created the runtime directory");
+        }
     }
     ensure!(project.containers()?.is_empty());
     Ok(())

@@ -72,15 +72,21 @@ fn asks_for_help(command: &Command, raw: &[std::ffi::OsString]) -> bool {
 fn print_compose_help(command: &Command) -> anyhow::Result<()> {
     use clap::CommandFactory as _;
 
+    const COMPOSE: &str =
+        "  --compose v1|v2|auto  the compose program (also DSO_COMPOSE; default auto)\n";
+    const NO_AGENT: &str =
+        "  --no-agent            read the local vault directly, and start no background agent\n";
     let (name, own) = match command {
         Command::Up(_) => (
             "up",
-            "  --dry-run    show the plan (as `docker dso plan`) instead of running compose\n  \
-             --no-agent   do not start a background agent after the project is up\n",
+            format!(
+                "  --dry-run             show the plan (as `docker dso plan`), run nothing\n\
+                 {NO_AGENT}{COMPOSE}"
+            ),
         ),
-        Command::Down(_) => ("down", ""),
-        Command::Plan(_) => ("plan", ""),
-        _ => ("compose", ""),
+        Command::Down(_) => ("down", COMPOSE.to_owned()),
+        Command::Plan(_) => ("plan", format!("{NO_AGENT}{COMPOSE}")),
+        _ => ("compose", format!("{NO_AGENT}{COMPOSE}")),
     };
     let mut cli = Cli::command();
     let help = cli
@@ -95,18 +101,27 @@ fn print_compose_help(command: &Command) -> anyhow::Result<()> {
             if name == "plan" { "up" } else { name }
         )
     };
-    let mut text = help.trim_end().to_owned();
-    text.push_str("\n\n");
-    if !own.is_empty() {
-        text.push_str("dso options (removed before compose runs):\n");
-        text.push_str(own);
-        text.push('\n');
-    }
+    // clap names the bare subcommand; the user types it after `docker dso`.
+    let mut text = help
+        .trim_end()
+        .replacen(
+            &format!("Usage: {name}"),
+            &format!("Usage: docker dso {name}"),
+            1,
+        )
+        .replacen(
+            &format!("Usage: docker dso {name}\n"),
+            &format!("Usage: docker dso {name} [DSO OPTIONS] [COMPOSE OPTIONS] [ARGS...]\n"),
+            1,
+        );
+    text.push_str("\n\ndso options (removed before compose runs):\n");
+    text.push_str(&own);
+    text.push('\n');
     text.push_str(&format!(
         "Every other option and argument goes to compose as given: -f FILE, -p NAME, \
          --profile, --env-file, --project-directory, and the options of {compose} (see its \
-         --help). Global dso options (--json, --config, -v) come before the command word. \
-         More: docs/cli.md.\n"
+         --help). Global dso options (--config, -q, -v) go before the command word; --json may \
+         come before or after it. More: docs/cli.md.\n"
     ));
     print!("{text}");
     Ok(())

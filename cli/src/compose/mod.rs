@@ -200,6 +200,12 @@ impl ComposeError {
                 "set {} to a directory on a tmpfs (e.g. under /dev/shm)",
                 files::RUNTIME_ENV
             ),
+            Self::NotTmpfs { path, .. } if !path.exists() => format!(
+                "{} does not exist and would be made on that filesystem: set {} to a \
+                 directory on a tmpfs (e.g. /dev/shm/dso), or create it and mount a tmpfs there",
+                path.display(),
+                files::RUNTIME_ENV
+            ),
             Self::NotTmpfs { path, .. } => format!(
                 "mount one: `mount -t tmpfs -o mode=0700,size=64m tmpfs {}`, or set {} to a \
                  directory on a tmpfs",

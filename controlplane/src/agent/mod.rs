@@ -379,10 +379,14 @@ async fn refresh_loop(
             continue;
         };
         state.detector.set_services(references(&services));
-        if lock(&state.proxy).up
-            && let Err(err) = proxy::reconcile(&state, &docker, &services).await
-        {
-            debug!(error = %format!("{err:#}"), "route reconcile failed");
+        if lock(&state.proxy).up {
+            if let Err(err) = proxy::reconcile(&state, &docker, &services).await {
+                debug!(error = %format!("{err:#}"), "route reconcile failed");
+            }
+        } else {
+            // No proxy to ask (e.g. `docker dso down` stopped it): the status still follows
+            // the containers, without route figures.
+            *lock(&state.services) = proxy::service_views(&services, &[]);
         }
     }
 }

@@ -297,7 +297,23 @@ pub async fn reconcile(
 
     // The status view of the services and their routes.
     let routes = client.routes().await.unwrap_or_default();
-    let views: Vec<ServiceView> = services
+    *lock(&state.services) = service_views(services, &routes);
+    let changed = changes.put.len() + changes.delete.len();
+    {
+        let mut proxy = lock(&state.proxy);
+        proxy.routes = routes.len();
+        proxy.last_reconcile_changed = changed;
+    }
+    Ok(changed)
+}
+
+/// The status view of `services`, with the generation and connections of each route from
+/// the proxy's `routes` (empty when the proxy does not answer).
+pub fn service_views(
+    services: &[ManagedService],
+    routes: &[dataplane::api::RouteView],
+) -> Vec<ServiceView> {
+    services
         .iter()
         .map(|s| ServiceView {
             service: s.key.to_string(),
@@ -322,15 +338,7 @@ pub async fn reconcile(
                 })
                 .collect(),
         })
-        .collect();
-    *lock(&state.services) = views;
-    let changed = changes.put.len() + changes.delete.len();
-    {
-        let mut proxy = lock(&state.proxy);
-        proxy.routes = routes.len();
-        proxy.last_reconcile_changed = changed;
-    }
-    Ok(changed)
+        .collect()
 }
 
 /// Whether any managed service has a proxied port (then the proxy must run).
