@@ -652,22 +652,14 @@ fn up_resolves_through_a_running_agent() -> Result<()> {
 
     // 1. Without the agent the CLI's own (wrong) key cannot open the vault.
     let refused = up(&["--no-agent"])?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&refused.stdout),
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let text = both(&refused);
     ensure!(!refused.status.success(), "up --no-agent succeeded: {text}");
     ensure!(text.contains("vault"), "{text}");
     ensure!(second.containers()?.is_empty(), "a container was created");
 
     // 2. Through the agent it works, byte-exact, env and file.
     let out = up(&[])?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = both(&out);
     ensure!(out.status.success(), "up through the agent failed: {text}");
     ensure!(text.contains("resolving through the agent"), "{text}");
     let container = second.container("api")?;
@@ -686,11 +678,7 @@ fn up_resolves_through_a_running_agent() -> Result<()> {
         .args(["-p", &second.name])
         .env("DSO_HOME", other_home.path())
         .output()?;
-    let other = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let other = both(&out);
     ensure!(!out.status.success(), "{other}");
     ensure!(other.contains("reads another vault"), "{other}");
     ensure!(!other.contains(&value), "the value is in plan's output");
@@ -730,7 +718,11 @@ fn the_daemon_recovers_a_rotation_it_was_killed_in() -> Result<()> {
             .command(["agent", "start"])
             .env("DSO_AGENT_CRASH_AFTER", step)
             .output()?;
-        ensure!(out.status.success(), "agent start: {}", outputs(&out));
+        ensure!(
+            out.status.success(),
+            "agent start: {}",
+            support::rotation_agent::outputs(&out)
+        );
         agent::wait_ready(config.api, Duration::from_secs(60))?;
         let value = format!("value-{}", index + 1);
         home.set_secret("t/pw", value.as_bytes())?;
@@ -791,9 +783,10 @@ fn the_daemon_recovers_a_rotation_it_was_killed_in() -> Result<()> {
     Ok(())
 }
 
-fn outputs(out: &std::process::Output) -> String {
+/// Stdout and stderr of a command as one text, for searching both.
+fn both(out: &std::process::Output) -> String {
     format!(
-        "stdout: {}\nstderr: {}",
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
