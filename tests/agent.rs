@@ -553,7 +553,8 @@ fn lost_secret_files_are_written_again() -> Result<()> {
     home.set_secret("t/f", &value)?;
     let port = agent::free_port()?;
     let body = format!(
-        "    image: {app}\n    environment:\n      APP_SECRET_FILE: dsofile://t/f\n    ports:\n      \
+        "    image: {app}\n    environment:\n      APP_SECRET_FILE: dsofile://t/f\n    \
+         ports:\n      \
          - \"127.0.0.1:{port}:8080\"\n    stop_grace_period: 1s\n    labels:\n      \
          dso.host_ports: \"true\"\n      dso.strategy: rolling\n"
     );

@@ -195,8 +195,9 @@ fn unhealthy_replacement_is_rolled_back() -> Result<()> {
     home.set_secret("t/a", first.as_bytes())?;
     home.set_secret("t/f", b"file-one")?;
     let port = support::agent::free_port()?;
-    let check = "    healthcheck:\n      test: [\"CMD-SHELL\", \"case \\\"$$APP_SECRET\\\" in bad-*) \
-                 exit 1;; esac\"]\n      interval: 1s\n      retries: 1\n";
+    let check = "    healthcheck:\n      test: [\"CMD-SHELL\", \
+                 \"case \\\"$$APP_SECRET\\\" in bad-*) exit 1;; esac\"]\n      interval: 1s\n      \
+                 retries: 1\n";
     let project = Project::new(
         &home,
         &[("web", &app_service(&app, port, "rolling", check))],
@@ -374,7 +375,8 @@ fn signal_rewrites_the_files_and_reloads_in_place() -> Result<()> {
     home.set_secret("t/f", b"file-one")?;
     let port = support::agent::free_port()?;
     let body = format!(
-        "    image: {app}\n    environment:\n      APP_SECRET_FILE: dsofile://t/f\n    ports:\n      \
+        "    image: {app}\n    environment:\n      APP_SECRET_FILE: dsofile://t/f\n    \
+         ports:\n      \
          - \"127.0.0.1:{port}:8080\"\n    stop_grace_period: 1s\n    labels:\n      \
          dso.host_ports: \"true\"\n      dso.strategy: signal\n"
     );
@@ -424,7 +426,8 @@ fn postgres_restart_with_hold_loses_no_connection() -> Result<()> {
     home.set_secret("pg/note", b"one")?;
     let port = support::agent::free_port()?;
     let body = format!(
-        "    image: {image}\n    environment:\n      POSTGRES_PASSWORD_FILE: dsofile://pg/password\n      \
+        "    image: {image}\n    environment:\n      \
+         POSTGRES_PASSWORD_FILE: dsofile://pg/password\n      \
          NOTE: dso://pg/note\n    volumes:\n      - /var/lib/postgresql/data\n    ports:\n      \
          - \"127.0.0.1:{port}:5432\"\n    labels:\n      dso.host_ports: \"true\"\n      \
          dso.strategy: rolling\n"

@@ -5,8 +5,9 @@
 //! else `/run/dso` for root, else `$XDG_RUNTIME_DIR/dso`. A generation directory is written
 //! completely before compose runs and never changed afterwards; a later rotation writes a new
 //! one (the `signal` strategy is the exception: it replaces the files of the mounted
-//! generation in place, each by an atomic rename, see [`rewrite_generation`]). It is bind-mounted read-only as a whole, so a container sees a directory, never a
-//! single file whose inode a later replacement would leave pinned. Writing refuses any
+//! generation in place, each by an atomic rename, see [`rewrite_generation`]). It is
+//! bind-mounted read-only as a whole, so a container sees a directory, never a single file
+//! whose inode a later replacement would leave pinned. Writing refuses any
 //! filesystem but tmpfs (checked with statfs), so values never reach a disk.
 //!
 //! Shared by `docker dso up` (the CLI wraps it in `cli/src/compose/files.rs`) and the rotation
@@ -37,7 +38,8 @@ pub enum FilesError {
 
     /// The runtime directory is not on a tmpfs.
     #[error(
-        "{path} is not on a tmpfs (filesystem type {fs_type:#x}); refusing to write secret files there"
+        "{path} is not on a tmpfs (filesystem type {fs_type:#x}); refusing to write secret \
+         files there"
     )]
     NotTmpfs {
         /// The directory.

@@ -89,7 +89,8 @@ pub enum ComposeError {
 
     /// The runtime directory is not on a tmpfs.
     #[error(
-        "{path} is not on a tmpfs (filesystem type {fs_type:#x}); refusing to write secret files there"
+        "{path} is not on a tmpfs (filesystem type {fs_type:#x}); refusing to write secret \
+         files there"
     )]
     NotTmpfs {
         /// The directory.

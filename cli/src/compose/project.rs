@@ -154,8 +154,9 @@ impl Project {
 
     /// Removes the services whose `profiles:` are all inactive, as compose v2's `config`
     /// already does and v1's does not: active are `--profile` values and `compose_profiles`
-    /// (the value of `COMPOSE_PROFILES`, a comma list), `*` activates all, and a service named in `named` (the service arguments
-    /// of `up`) is kept, as compose starts it anyway. Returns the removed names.
+    /// (the value of `COMPOSE_PROFILES`, a comma list), `*` activates all, and a service
+    /// named in `named` (the service arguments of `up`) is kept, as compose starts it anyway.
+    /// Returns the removed names.
     // LIMITATION: a COMPOSE_PROFILES set only in the project's `.env` is not seen with v1 —
     // reading `.env` the way v1 does would lift it.
     pub fn drop_inactive_profiles(

@@ -250,7 +250,8 @@ struct Resolver<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
     findings: Vec<Finding>,
     /// Every credential expanded so far. A problem found in another key may quote text that
-    /// came from the same variable (`address: http://${TOKEN}…`); see [`Self::scrubbed_findings`].
+    /// came from the same variable (`address: http://${TOKEN}…`); see
+    /// [`Self::scrubbed_findings`].
     credentials: Vec<SecretValue>,
 }
 

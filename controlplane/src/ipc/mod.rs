@@ -231,7 +231,10 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, path: PathBuf, st
             let service = service_fn(move |request| {
                 let state = state.clone();
                 let streams = streams.clone();
-                async move { Ok::<_, Infallible>(dispatch(&state, &streams, cred.uid, request).await) }
+                async move {
+                    let response = dispatch(&state, &streams, cred.uid, request).await;
+                    Ok::<_, Infallible>(response)
+                }
             });
             if let Err(err) = http1::Builder::new()
                 .timer(TokioTimer::new())
