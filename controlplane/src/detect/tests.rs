@@ -64,12 +64,24 @@ const INTERVAL: Duration = Duration::from_millis(40);
 const WINDOW: Duration = Duration::from_millis(150);
 
 fn rig(dir: &std::path::Path, memory: Arc<Memory>, hold: Duration) -> Rig {
+    rig_with(dir, memory, hold, INTERVAL, WINDOW)
+}
+
+/// A rig with its own interval and window; a long interval leaves only the first check (the
+/// baseline) and `check_now` to run.
+fn rig_with(
+    dir: &std::path::Path,
+    memory: Arc<Memory>,
+    hold: Duration,
+    interval: Duration,
+    window: Duration,
+) -> Rig {
     let recorder = Arc::new(Recorder {
         calls: Mutex::new(Vec::new()),
         hold,
     });
     let seen = Seen::open(dir).unwrap();
-    let (detector, task) = Detector::new(seen, INTERVAL, WINDOW, memory.clone(), recorder.clone());
+    let (detector, task) = Detector::new(seen, interval, window, memory.clone(), recorder.clone());
     let task = tokio::spawn(task.run());
     Rig {
         detector,
@@ -100,6 +112,15 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 fn calls(rig: &Rig) -> Vec<(String, String)> {
     lock(&rig.recorder.calls).clone()
+}
+
+/// The status version of the rig's first watched reference.
+fn first_version(rig: &Rig) -> Option<String> {
+    rig.detector
+        .status()
+        .references
+        .first()
+        .and_then(|r| r.version.clone())
 }
 
 fn checked(rig: &Rig, reference: &str) -> bool {
@@ -292,52 +313,31 @@ async fn a_manual_rotation_records_what_it_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let memory = Arc::new(Memory::default());
     memory.set("app/pw", b"one");
-    let recorder = Arc::new(Recorder {
-        calls: Mutex::new(Vec::new()),
-        hold: Duration::ZERO,
-    });
-    // A long interval: only the first check (the baseline) and `check_now` run.
-    let seen = Seen::open(dir.path()).unwrap();
-    let (detector, task) = Detector::new(
-        seen,
-        Duration::from_secs(3600),
-        WINDOW,
-        memory.clone(),
-        recorder.clone(),
-    );
-    let task = tokio::spawn(task.run());
-    detector.set_services(services(&[("p/app", &["dso://app/pw"])]));
-    let baseline = loop {
-        let status = detector.status();
-        if let Some(version) = status.references.first().and_then(|r| r.version.clone()) {
-            break version;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let long = Duration::from_secs(3600);
+    let rig = rig_with(dir.path(), memory.clone(), Duration::ZERO, long, WINDOW);
+    rig.detector
+        .set_services(services(&[("p/app", &["dso://app/pw"])]));
+    wait_for("the baseline", || first_version(&rig).is_some()).await;
+    let baseline = first_version(&rig);
 
     memory.set("app/pw", b"two");
     assert_eq!(
-        detector.rotate(Target::Service("p/app".into())).await,
+        rig.detector.rotate(Target::Service("p/app".into())).await,
         vec!["p/app".to_owned()]
     );
-    wait_for("the manual rotation", || !lock(&recorder.calls).is_empty()).await;
+    wait_for("the manual rotation", || !calls(&rig).is_empty()).await;
     wait_for("the new version in the status", || {
-        detector
-            .status()
-            .references
-            .first()
-            .and_then(|r| r.version.clone())
-            .is_some_and(|v| v != baseline)
+        first_version(&rig).is_some_and(|v| Some(v) != baseline)
     })
     .await;
-    assert_eq!(detector.check_now("app/pw").await, 1);
+    assert_eq!(rig.detector.check_now("app/pw").await, 1);
     tokio::time::sleep(WINDOW * 3).await;
     assert_eq!(
-        lock(&recorder.calls).clone(),
+        calls(&rig),
         vec![("p/app".to_owned(), "manual".to_owned())],
         "the check after a manual rotation found a change"
     );
-    task.abort();
+    rig.task.abort();
 }
 
 /// Regression (found by an attack run): a manual rotation inside an open coalescing window
@@ -347,42 +347,21 @@ async fn a_manual_rotation_inside_the_window_is_the_only_one() {
     let dir = tempfile::tempdir().unwrap();
     let memory = Arc::new(Memory::default());
     memory.set("app/pw", b"one");
-    let recorder = Arc::new(Recorder {
-        calls: Mutex::new(Vec::new()),
-        hold: Duration::ZERO,
-    });
-    let seen = Seen::open(dir.path()).unwrap();
-    let window = Duration::from_millis(400);
-    let (detector, task) = Detector::new(
-        seen,
-        Duration::from_secs(3600),
-        window,
-        memory.clone(),
-        recorder.clone(),
-    );
-    let task = tokio::spawn(task.run());
-    detector.set_services(services(&[("p/app", &["dso://app/pw"])]));
-    wait_for("the baseline", || {
-        detector
-            .status()
-            .references
-            .first()
-            .is_some_and(|r| r.version.is_some())
-    })
-    .await;
+    let (long, window) = (Duration::from_secs(3600), Duration::from_millis(400));
+    let rig = rig_with(dir.path(), memory.clone(), Duration::ZERO, long, window);
+    rig.detector
+        .set_services(services(&[("p/app", &["dso://app/pw"])]));
+    wait_for("the baseline", || first_version(&rig).is_some()).await;
 
     memory.set("app/pw", b"two");
-    assert_eq!(detector.check_now("app/pw").await, 1);
+    assert_eq!(rig.detector.check_now("app/pw").await, 1);
     wait_for("the coalescing window", || {
-        !detector.status().coalescing.is_empty()
+        !rig.detector.status().coalescing.is_empty()
     })
     .await;
-    detector.rotate(Target::Service("p/app".into())).await;
-    wait_for("the manual rotation", || !lock(&recorder.calls).is_empty()).await;
+    rig.detector.rotate(Target::Service("p/app".into())).await;
+    wait_for("the manual rotation", || !calls(&rig).is_empty()).await;
     tokio::time::sleep(window * 3).await;
-    assert_eq!(
-        lock(&recorder.calls).clone(),
-        vec![("p/app".to_owned(), "manual".to_owned())]
-    );
-    task.abort();
+    assert_eq!(calls(&rig), vec![("p/app".to_owned(), "manual".to_owned())]);
+    rig.task.abort();
 }
